@@ -1,0 +1,261 @@
+"""`edge-agent` command line: run, check-config, status, demo, drivers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+DEFAULT_CONFIG = Path("/etc/edge-agent/config.yaml")
+
+
+def _load(path: Path):
+    from agent.config import ConfigError, load_config
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"config {path} has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return 2
+    print(f"{args.file}: OK — gateway {config.gateway.id} (site {config.gateway.site}), "
+          f"{len(config.devices)} device(s), {len(config.cameras)} camera(s), uplink {config.uplink.mqtt.host}:{config.uplink.mqtt.port}, "
+          f"buffer {config.buffer.path}")
+    for device in config.all_devices:
+        options = device.options
+        connection = getattr(options, "connection", None)
+        from drivers import get_driver
+        timing = f", poll {device.poll:g}s" if get_driver(device.driver).polled else ""
+        print(f"  {device.id}: driver {device.driver}{timing}"
+              + (f", {connection.describe()}" if hasattr(connection, "describe") else ""))
+    return 0
+
+
+async def _run_agent(config, live: bool, stop_after: float | None = None,
+                     config_path: Path | None = None) -> None:
+    """Run the agent; start it again on the config file when config.apply asks for a restart,
+    and go back to the previous file when the new one cannot even start."""
+    from agent import config_apply
+    from agent.app import Agent
+    while True:
+        try:
+            agent = Agent(config, config_path)
+        except Exception as exc:   # noqa: BLE001 - a config from the centre that cannot start
+            marker = config_apply.pending(config.agent.state_dir) if config_path else None
+            if marker is None:
+                raise
+            config_apply.roll_back(config_path, config.agent.state_dir, marker, f"the agent could not start: {exc}")
+            config = _load(config_path)
+            continue
+        if stop_after is not None:
+            asyncio.get_running_loop().call_later(stop_after, agent.request_stop)
+        await (_with_live_view(agent) if live else agent.run())
+        if not agent.restart_requested or config_path is None:
+            return
+        config = _load(config_path)
+        if config is None:   # cannot happen for a file config.apply validated; be safe anyway
+            return
+
+
+async def _with_live_view(agent) -> None:
+    from rich.live import Live
+
+    from agent.status_view import render
+    task = asyncio.create_task(agent.run())
+    with Live(render(agent.snapshot()), refresh_per_second=2, screen=False) as view:
+        while not task.done():
+            await asyncio.sleep(0.5)
+            view.update(render(agent.snapshot()))
+    await task
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.logs import setup_logging
+    config = _load(args.config)
+    if config is None:
+        return 2
+    setup_logging(config.agent.log.format, config.agent.log.level)
+    from agent.config import ConfigError
+    from agent.outbox import OutboxError
+    try:
+        asyncio.run(_run_agent(config, args.live, config_path=args.config))
+    except KeyboardInterrupt:
+        pass
+    except ConfigError as exc:   # a secret that cannot be read, devices that conflict on a bus
+        print(f"edge-agent cannot start with {args.config}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except OutboxError as exc:
+        print(f"edge-agent cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir
+    if state_dir is None:
+        config = _load(args.config)
+        if config is None:
+            return 2
+        state_dir = config.agent.state_dir
+    path = state_dir / "status.json"
+    try:
+        snapshot = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        print(f"no status at {path}: the agent has not run with this state directory", file=sys.stderr)
+        return 1
+    except orjson.JSONDecodeError as exc:
+        print(f"{path} is not readable status ({exc})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode())
+    else:
+        from rich.console import Console
+
+        from agent.status_view import render
+        Console().print(render(snapshot))
+    age = time.time() - snapshot["ts"] / 1000
+    if snapshot.get("stopped"):
+        print(f"\nthe agent stopped {age:.0f}s ago (pid {snapshot['pid']}); these are its last figures",
+              file=sys.stderr)
+        return 1
+    if age > 10:
+        print(f"\nstatus is {age:.0f}s old: the agent (pid {snapshot['pid']}) is not running or is stuck",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+    return run_demo(state_dir=args.state_dir, duration=args.duration, live=not args.no_live)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    """Decode one frame as a technician pasted it; non-zero exit with what is wrong and where."""
+    from drivers import UnknownDriver, get_driver
+    try:
+        driver = get_driver(args.protocol)
+    except UnknownDriver as exc:
+        print(f"decode: {exc}", file=sys.stderr)
+        return 2
+    try:
+        decoded = driver.decode(args.frame)
+    except NotImplementedError as exc:
+        print(f"decode: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"decode {args.protocol}: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(decoded, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """One frame of a configured camera with its rules' lines and zones drawn on it."""
+    config = _load(args.config)
+    if config is None:
+        return 2
+    camera = next((c for c in config.cameras if c.id == args.camera), None)
+    if camera is None:
+        known = ", ".join(c.id for c in config.cameras) or "none"
+        print(f"snapshot: no camera {args.camera!r} in {args.config} (cameras: {known})", file=sys.stderr)
+        return 2
+    from drivers.camera.tools import snapshot
+    try:
+        saved = snapshot(camera, args.output or f"{camera.id}.jpg", overlay=not args.plain)
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"snapshot {camera.id}: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(saved).decode())
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """The detector's findings in one image, as JSON."""
+    from drivers.camera.tools import detect
+    from models.runtime import ModelError
+    try:
+        found = detect(args.image, args.model, score=args.score)
+    except (ValueError, ModelError, OSError) as exc:
+        print(f"detect: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    from drivers import available_drivers
+    for name in available_drivers():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agent import __version__
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent with a config file")
+    run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    run.add_argument("--live", action="store_true", help="show a live view of devices, buffer and uplink")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and every profile it names")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_check_config)
+
+    status = sub.add_parser("status", help="show the state of a running agent")
+    status.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    status.add_argument("--state-dir", type=Path, default=None, help="instead of reading it from the config")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="run the agent on bundled simulators and a local broker (no hardware)")
+    demo.add_argument("--state-dir", type=Path, default=None, help="default: a new temporary directory")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--no-live", action="store_true", help="log lines instead of the live view")
+    demo.set_defaults(func=cmd_demo)
+
+    decode = sub.add_parser("decode", help="decode one device frame (e.g. decode hj212 '##0101QN=...')")
+    decode.add_argument("protocol", help="the driver or bridge name: hj212, gb26875 ...")
+    decode.add_argument("frame", help="the frame as text, or as hex for binary protocols")
+    decode.set_defaults(func=cmd_decode)
+
+    snap = sub.add_parser("snapshot", help="save a camera frame with its rules' lines and zones drawn on it")
+    snap.add_argument("camera", help="a camera id from the config")
+    snap.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    snap.add_argument("-o", "--output", help="where to save it (default CAMERA.jpg)")
+    snap.add_argument("--plain", action="store_true", help="the frame only, without the rules")
+    snap.set_defaults(func=cmd_snapshot)
+
+    det = sub.add_parser("detect", help="run the detector on one image and print what it finds as JSON")
+    det.add_argument("image", type=Path)
+    det.add_argument("--model", default="vehicles", help="a shipped model name or a manifest path")
+    det.add_argument("--score", type=float, default=None, help="score threshold (default: the manifest's)")
+    det.set_defaults(func=cmd_detect)
+
+    drivers = sub.add_parser("drivers", help="list the drivers and bridges this agent has")
+    drivers.set_defaults(func=cmd_drivers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

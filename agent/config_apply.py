@@ -1,0 +1,159 @@
+"""`config.apply`: a new config from the centre, validated, applied, and rolled back by itself if
+it does not come up.
+
+The steps survive a restart of the agent because they are written down in
+``state_dir/config_apply.json``:
+
+1. ``applying``: the new file was validated (``load_config``, profiles included), the running
+   config saved as ``<config>.previous``, the new one moved into place, the agent restarted on it.
+2. The restarted agent watches the marker: once its uplink is connected (the new config can reach
+   the centre, which is what "comes up" means for a gateway) the request is answered ``ok``.
+   If the deadline passes first, or the new config cannot even start, the previous file is put
+   back, the marker becomes ``rolled_back`` and the agent restarts on the old config.
+3. On the old config, once connected, the request is answered with the reason it was rolled back.
+
+Some keys are not the centre's to change, because a command could then hide its own traces or
+lock the centre out for good: the gateway id, the buffer path, the state directory (audit log,
+replay cache) and the ``commands`` section. Those change on site, by a technician.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import yaml
+
+from agent.commands import Refused
+from agent.config import AgentConfig, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from agent.app import Agent
+
+log = logging.getLogger("agent.config_apply")
+
+MARKER = "config_apply.json"
+DEFAULT_DEADLINE_S = 60.0
+
+
+def _locked_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
+    changed = []
+    if old.gateway.id != new.gateway.id:
+        changed.append("gateway.id")
+    if old.buffer.path != new.buffer.path:
+        changed.append("buffer.path")
+    if old.agent.state_dir != new.agent.state_dir:
+        changed.append("agent.state_dir")
+    if old.commands != new.commands:
+        changed.append("commands")
+    return changed
+
+
+def prepare(agent: "Agent", request_id: str, args: dict[str, Any]) -> None:
+    """Validate and install the new config, then ask the agent to restart on it. Raises Refused."""
+    if agent.config_path is None:
+        raise Refused("unsupported", "this agent was not started from a config file")
+    text = args.get("yaml")
+    if text is None and isinstance(args.get("config"), dict):
+        text = yaml.safe_dump(args["config"], sort_keys=False)
+    if not isinstance(text, str) or not text.strip():
+        raise Refused("bad_args", "give the new config as 'yaml' (text) or 'config' (an object)")
+    deadline_s = args.get("deadline_s", DEFAULT_DEADLINE_S)
+    if not isinstance(deadline_s, (int, float)) or not 5 <= deadline_s <= 600:
+        raise Refused("bad_args", "deadline_s must be between 5 and 600 seconds")
+    state_dir = agent.config.agent.state_dir
+    if (state_dir / MARKER).exists():
+        raise Refused("busy", "another config.apply is still in progress")
+
+    path = agent.config_path
+    candidate = path.with_name(path.name + ".new")
+    candidate.write_text(text)
+    try:
+        new = load_config(candidate)
+    except ConfigError as exc:
+        candidate.unlink(missing_ok=True)
+        raise Refused("invalid_config", "; ".join(p.replace(str(candidate), "config") for p in exc.problems)) from None
+    locked = _locked_keys(agent.config, new)
+    if locked:
+        candidate.unlink(missing_ok=True)
+        raise Refused("locked_keys", f"config.apply may not change {', '.join(locked)}: change them on site")
+
+    shutil.copy2(path, path.with_name(path.name + ".previous"))
+    os.replace(candidate, path)
+    _write_marker(state_dir, {"id": request_id, "state": "applying",
+                              "deadline_ms": int((time.time() + deadline_s) * 1000)})
+    log.warning("config.apply %s: new config installed at %s; restarting on it", request_id, path)
+    agent.request_restart()
+
+
+async def watch(agent: "Agent") -> None:
+    """Run in every agent: finish a config.apply that a previous instance started."""
+    state_dir = agent.config.agent.state_dir
+    marker = _read_marker(state_dir)
+    if marker is None:
+        return
+    if marker["state"] == "applying":
+        remaining = marker["deadline_ms"] / 1000 - time.time()
+        if await _connected_within(agent, remaining):
+            _answer(agent, marker["id"], True, {"applied": True})
+            _clear_marker(state_dir)
+            log.warning("config.apply %s: the new config is up", marker["id"])
+            return
+        roll_back(agent.config_path, state_dir, marker, "the uplink did not connect before the deadline")
+        agent.request_restart()
+    elif marker["state"] == "rolled_back":
+        if await _connected_within(agent, 3600):
+            _answer(agent, marker["id"], False, {"code": "rolled_back", "message": marker["reason"]})
+            _clear_marker(state_dir)
+
+
+def roll_back(config_path: Path | None, state_dir: Path, marker: dict[str, Any], reason: str) -> None:
+    """Put the previous config back. Also called by the CLI when the new config cannot start."""
+    if config_path is not None:
+        previous = config_path.with_name(config_path.name + ".previous")
+        if previous.exists():
+            os.replace(previous, config_path)
+    _write_marker(state_dir, {**marker, "state": "rolled_back", "reason": reason})
+    log.error("config.apply %s rolled back: %s", marker["id"], reason)
+
+
+def pending(state_dir: Path) -> dict[str, Any] | None:
+    marker = _read_marker(state_dir)
+    return marker if marker is not None and marker.get("state") == "applying" else None
+
+
+async def _connected_within(agent: "Agent", seconds: float) -> bool:
+    deadline = time.monotonic() + max(0.0, seconds)
+    while time.monotonic() < deadline:
+        if agent.uplink.connected:
+            return True
+        await asyncio.sleep(0.2)
+    return agent.uplink.connected
+
+
+def _answer(agent: "Agent", request_id: str, ok: bool, value: Any) -> None:
+    if agent.commands is not None:
+        agent.commands.answer(request_id, ok, value)
+
+
+def _write_marker(state_dir: Path, marker: dict[str, Any]) -> None:
+    tmp = state_dir / (MARKER + ".tmp")
+    tmp.write_bytes(orjson.dumps(marker))
+    os.replace(tmp, state_dir / MARKER)
+
+
+def _read_marker(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return orjson.loads((state_dir / MARKER).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+
+
+def _clear_marker(state_dir: Path) -> None:
+    (state_dir / MARKER).unlink(missing_ok=True)

@@ -1,0 +1,118 @@
+"""What the agent tells about itself: the birth message's inventory, the status snapshot that
+`edge-agent status` and the live view show (state_dir/status.json), and the metrics topic."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from agent import __version__
+from agent.model import Reading, now_ms
+
+if TYPE_CHECKING:
+    from agent.app import Agent
+
+
+@dataclass
+class DeviceStatus:
+    """What the agent knows of one device, for `edge-agent status` and the metrics topic."""
+
+    id: str
+    driver: str
+    kind: str
+    online: bool | None = None     # None: not heard from yet
+    last_read_ms: int | None = None
+    readings: int = 0              # values read
+    sent: int = 0                  # values that passed the report policy
+    errors: int = 0
+    last_error: str | None = None
+    last_batch: list[Reading] | None = None   # the latest readings as read, for the live view
+
+    def as_dict(self, latest: int = 6) -> dict[str, Any]:
+        entry = {k: v for k, v in self.__dict__.items() if k != "last_batch"}
+        entry["latest"] = [[r.point, r.value, r.unit, r.q] for r in (self.last_batch or [])[:latest]]
+        return entry
+
+
+def birth(agent: "Agent") -> dict[str, Any]:
+    """The body of the retained birth message: the gateway and its device inventory."""
+    gw = agent.config.gateway
+    devices = []
+    for device in agent.config.all_devices:
+        if device.id not in agent.infos:
+            continue
+        info = agent.infos[device.id]
+        devices.append({
+            "id": device.id, "kind": device.kind or info.kind, "driver": device.driver,
+            "name": device.name,
+            "location": device.location.model_dump() if device.location else None,
+            "points": [{"name": p.name, "unit": p.unit, "type": p.type, "writable": p.writable}
+                       for p in info.points],
+        })
+    return {"site": gw.site, "name": gw.name,
+            "location": gw.location.model_dump() if gw.location else None,
+            "agent": __version__, "boot": agent.boot_id, "devices": devices}
+
+
+def snapshot(agent: "Agent") -> dict[str, Any]:
+    """Everything `edge-agent status` and the live view show."""
+    stats = agent.outbox.stats()
+    now = now_ms()
+    device_stats: dict[str, dict[str, Any]] = {}
+    for runner in agent.runners:
+        runner_stats = getattr(runner, "stats", None)
+        if callable(runner_stats):
+            device_stats.update(runner_stats())
+    devices = {}
+    for device_id, device in agent.devices.items():
+        entry = device.as_dict()
+        extra = device_stats.get(device_id)
+        if extra:
+            entry["driver_stats"] = extra
+            entry["errors"] = max(entry["errors"], int(extra.get("errors", 0)))
+        devices[device_id] = entry
+    return {
+        "gateway": agent.config.gateway.id, "site": agent.config.gateway.site,
+        "agent": __version__, "pid": os.getpid(), "boot": agent.boot_id,
+        "started_ms": agent.started_ms, "ts": now,
+        "uplink": agent.uplink.stats.as_dict()
+        | {"ack_latency_ms": agent.uplink.stats.percentiles(agent.uplink.ack_latency_ms)},
+        "buffer": {
+            "path": str(agent.config.buffer.path), "depth": stats.depth, "bytes": stats.bytes,
+            "max_bytes": agent.config.buffer.max_bytes,
+            "oldest_age_s": None if stats.oldest_ms is None else round((now - stats.oldest_ms) / 1000, 1),
+            "depth_by_priority": {p.name.lower(): n for p, n in stats.depth_by_priority.items()},
+            "evictions": {p.name.lower(): n for p, n in stats.evictions.items()},
+            "write_errors": stats.write_errors, "last_seq": stats.last_seq,
+        },
+        "devices": devices,
+        **({"commands": agent.commands.stats.as_dict()} if agent.commands is not None else {}),
+    }
+
+
+def metrics(agent: "Agent") -> dict[str, Any]:
+    """The body of a metrics message: the gateway's health and the snapshot's main figures."""
+    snap = snapshot(agent)
+    extra = {"commands": snap["commands"]} if "commands" in snap else {}
+    return {
+        **extra,
+        **agent.health.sample(),
+        "buffer": {k: snap["buffer"][k] for k in ("depth", "bytes", "oldest_age_s", "evictions", "write_errors")},
+        "uplink": {k: snap["uplink"][k] for k in ("state", "connects", "published", "acked", "rejected")},
+        "devices": {d: {"online": bool(s["online"]), "errors": s["errors"], "last_read_ms": s["last_read_ms"],
+                        "readings": s["readings"]} for d, s in snap["devices"].items()},
+    }
+
+
+def write_status(agent: "Agent", **override: Any) -> None:
+    """Atomically replace state_dir/status.json, which `edge-agent status` reads."""
+    state_dir = agent.config.agent.state_dir
+    current = snapshot(agent)
+    for key, value in override.items():
+        current[key] = {**current.get(key, {}), **value} if isinstance(value, dict) else value
+    tmp = state_dir / ".status.json.tmp"
+    tmp.write_bytes(orjson.dumps(current, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, state_dir / "status.json")   # readers never see a half-written file

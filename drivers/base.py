@@ -1,0 +1,98 @@
+"""The contract between the agent and a driver (or a firmware bridge).
+
+A device family is one module in ``drivers/`` or ``firmware_bridges/`` that defines ``DRIVER``,
+an instance of a :class:`Driver` subclass. The agent finds it by the name in the config's
+``driver:`` key; nothing in ``agent/`` changes when a family is added.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from agent.config import DeviceConfig
+    from agent.model import DeviceSink, Reading, Value
+
+
+@dataclass(frozen=True, slots=True)
+class PointInfo:
+    """A point as the birth message describes it to the centre."""
+
+    name: str
+    unit: str | None
+    type: str            # bool, int16, float32, string ...
+    writable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    kind: str                     # air_monitor, manhole_cover, lamp_pole, fire_panel ...
+    points: tuple[PointInfo, ...]
+
+
+class Runner(ABC):
+    """A long-running task serving one or more devices (for Modbus: one bus).
+
+    ``run`` loops until cancelled and handles its devices' failures itself: a device that fails is
+    reported through the sink and retried with backoff, never allowed to end the runner.
+    """
+
+    name: str
+
+    @abstractmethod
+    async def run(self) -> None: ...
+
+    async def close(self) -> None:
+        """Release the transport. Called after ``run`` is cancelled."""
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per device id: counters for `edge-agent status` (errors, last_read_ms, online ...)."""
+        return {}
+
+    @property
+    def device_ids(self) -> tuple[str, ...]:
+        """The devices this runner serves, for routing commands (override if stats() can be empty)."""
+        return tuple(self.stats())
+
+    async def read_point(self, device_id: str, point: str) -> "Reading":
+        raise NotImplementedError(f"{self.name} cannot read single points")
+
+    async def write_point(self, device_id: str, point: str, value: "Value") -> None:
+        raise NotImplementedError(f"{self.name} cannot write points")
+
+
+class Driver(ABC):
+    """A device family. ``Options`` validates the driver-specific keys of a device's config."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+    polled: ClassVar[bool] = True   # False for devices that push (the device config's poll is unused)
+
+    def options(self, device: "DeviceConfig") -> Any:
+        """The device's validated ``Options`` (validated here when the config did not come
+        through load_config, as in tests that build a DeviceConfig by hand)."""
+        if isinstance(device.options, self.Options):
+            return device.options
+        return self.Options.model_validate(device.model_extra or {})
+
+    @abstractmethod
+    def describe(self, device: "DeviceConfig") -> DeviceInfo:
+        """What the device is and which points it has, for the birth message and the report policy."""
+
+    @abstractmethod
+    def create_runners(self, devices: list["DeviceConfig"], sink: "DeviceSink") -> list[Runner]:
+        """Group this driver's devices into runners (one per bus, connection or port)."""
+
+    def validate_devices(self, devices: list["DeviceConfig"]) -> list[str]:
+        """Problems that only show across devices (two devices with one unit id on one bus, two
+        listeners on one port ...), one line each naming the device ids. Called by load_config."""
+        return []
+
+    def decode(self, text: str) -> dict[str, Any]:
+        """For `edge-agent decode <driver> FRAME`: a frame as a technician pastes it (ASCII or hex)
+        decoded to JSON-ready data. Raises ValueError saying what is wrong and where."""
+        raise NotImplementedError(f"the {self.name} driver has no frame decoder")

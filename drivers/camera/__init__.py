@@ -1,0 +1,75 @@
+"""RTSP camera driver: OpenCV (FFmpeg, TCP) → motion gate → ONNX detector → tracker → rules →
+evidence, delivered through the agent's outbox.
+
+Modules, one job each:
+
+- :mod:`.options`   the `cameras:` entry's keys: URL and credentials, model, timeouts, rules, evidence
+- :mod:`.reader`    a thread per camera keeping only the newest frame; reconnects with backoff; probe
+- :mod:`.pipeline`  motion gate, detector, tracker, rules on a worker thread; the evidence thread
+- :mod:`.tracker`   IoU/centroid tracker with stable ids
+- :mod:`.rules`     red light, stop line, wrong way, illegal parking, zone intrusion; signal history
+- :mod:`.evidence`  stills, crop, plate OCR (RapidOCR), clip, face blurring
+- :mod:`.runner`    the asyncio side: results to the sink, signal state from the agent, watchdog
+- :mod:`.tools`     `edge-agent snapshot` / `edge-agent detect`
+
+See README.md beside this file for technicians.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from drivers.base import DeviceInfo, Driver, PointInfo, Runner
+from drivers.camera.options import Options
+
+if TYPE_CHECKING:
+    from agent.config import DeviceConfig
+    from agent.model import DeviceSink
+
+POINTS = (
+    PointInfo("fps", "fps", "float32"),            # frames analysed per second
+    PointInfo("infer_ms", "ms", "float32"),        # detector time per analysed frame (median)
+    PointInfo("tracks", None, "int32"),            # road users tracked now
+    PointInfo("violations", None, "int32"),        # violations found since the agent started
+)
+
+
+class CameraDriver(Driver):
+    name = "camera"
+    Options = Options
+
+    @staticmethod
+    def options(device: "DeviceConfig") -> Options:
+        if isinstance(device.options, Options):
+            return device.options
+        return Options.model_validate(device.model_extra or {})
+
+    def describe(self, device: "DeviceConfig") -> DeviceInfo:
+        return DeviceInfo(kind="camera", points=POINTS)
+
+    def create_runners(self, devices: list["DeviceConfig"], sink: "DeviceSink") -> list[Runner]:
+        from drivers.camera.runner import CameraRunner   # late: OpenCV loads only when a camera runs
+        return [CameraRunner(device, self.options(device), sink) for device in devices]
+
+    def validate_devices(self, devices: list["DeviceConfig"]) -> list[str]:
+        seen: dict[str, str] = {}
+        problems = []
+        for device in devices:
+            url = self.options(device).url
+            if url in seen:
+                problems.append(f"cameras {seen[url]} and {device.id} read the same stream {url}")
+            seen.setdefault(url, device.id)
+        return problems
+
+
+DRIVER = CameraDriver()
+
+
+def snapshot(camera_config, out_path):   # noqa: ANN001, ANN201 - see drivers.camera.tools.snapshot
+    from drivers.camera.tools import snapshot as _snapshot
+    return _snapshot(camera_config, out_path)
+
+
+def detect(image_path, manifest="vehicles"):   # noqa: ANN001, ANN201 - see drivers.camera.tools.detect
+    from drivers.camera.tools import detect as _detect
+    return _detect(image_path, manifest)

@@ -1,0 +1,302 @@
+"""The per-camera work off the event loop: motion gate → detector → tracker → rules → evidence.
+
+Two threads per camera (besides the reader's):
+
+- the **pipeline** thread takes the newest frame from the reader (never a queue of old ones),
+  skips the detector when nothing moved, tracks, runs the rules, keeps the clip ring;
+- the **evidence** thread encodes stills, crops, reads plates and writes clips, so a slow OCR
+  never delays the next frame.
+
+onnxruntime, OpenCV and the OCR release the GIL while they compute, so threads are enough: the
+event loop only ever gets finished results, through ``post`` (``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from drivers.camera.evidence import ClipRing, build_violation, encode_clip
+from drivers.camera.options import Options
+from drivers.camera.reader import RawFrame, Reader
+from drivers.camera.rules import Frame, RuleSet, SignalFn, Violation
+from drivers.camera.tracker import Tracker
+
+log = logging.getLogger("drivers.camera")
+
+GATE_WIDTH = 160
+
+
+class MotionGate:
+    """Did anything move since the last frame? Grey, 160 px wide, blurred: sensor noise and
+    compression shimmer stay below ``pixel_delta``; a car a few pixels wide does not."""
+
+    def __init__(self, threshold: float, pixel_delta: int):
+        self.threshold = threshold
+        self.pixel_delta = pixel_delta
+        self.previous: np.ndarray | None = None
+        self.last_fraction = 0.0
+
+    def moved(self, image: np.ndarray) -> bool:
+        h, w = image.shape[:2]
+        small = cv2.resize(image, (GATE_WIDTH, max(1, h * GATE_WIDTH // w)), interpolation=cv2.INTER_AREA)
+        grey = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), (5, 5), 0)
+        previous, self.previous = self.previous, grey
+        if previous is None or previous.shape != grey.shape:
+            self.last_fraction = 1.0
+            return True
+        diff = cv2.absdiff(grey, previous)
+        self.last_fraction = float(np.count_nonzero(diff > self.pixel_delta)) / diff.size
+        return self.last_fraction > self.threshold
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    detected: int = 0          # frames that went through the detector
+    gated: int = 0             # frames the motion gate let skip it
+    errors: int = 0
+    violations: int = 0
+    last_error: str | None = None
+    infer_ms: deque = field(default_factory=lambda: deque(maxlen=200))
+    frame_ms: deque = field(default_factory=lambda: deque(maxlen=200))
+    lag_ms: deque = field(default_factory=lambda: deque(maxlen=200))     # frame taken -> processed
+    times: deque = field(default_factory=lambda: deque(maxlen=100))
+
+    def as_dict(self) -> dict[str, Any]:
+        def p(values: deque, q: float) -> float | None:
+            if not values:
+                return None
+            ordered = sorted(values)
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+        fps = None
+        if len(self.times) > 1 and self.times[-1] > self.times[0]:
+            fps = round((len(self.times) - 1) / (self.times[-1] - self.times[0]), 2)
+        return {"frames": self.frames, "detected": self.detected, "gated": self.gated, "errors": self.errors,
+                "violations": self.violations, "fps": fps, "infer_ms_p50": p(self.infer_ms, 0.5),
+                "infer_ms_p95": p(self.infer_ms, 0.95), "frame_ms_p95": p(self.frame_ms, 0.95),
+                "lag_ms_p95": p(self.lag_ms, 0.95), "last_error": self.last_error}
+
+
+class Pipeline:
+    """Runs one camera's analysis on its own thread. ``post(kind, payload)`` must be thread-safe
+    (the runner's wraps ``loop.call_soon_threadsafe``); kinds: ``violation``, ``clip``, ``fatal``."""
+
+    def __init__(self, name: str, options: Options, reader: Reader, detector_factory: Callable[[], Any],
+                 signal: SignalFn | None, post: Callable[[str, Any], None]):
+        self.name = name
+        self.options = options
+        self.reader = reader
+        self.detector_factory = detector_factory
+        self.detector: Any = None
+        self.post = post
+        self.gate = MotionGate(options.motion.threshold, options.motion.pixel_delta)
+        self.tracker = Tracker(options.tracker.iou, options.tracker.max_gap, options.tracker.min_hits)
+        self.rules = RuleSet(list(options.rules), signal, options.signal)
+        ev = options.evidence
+        self.ring = ClipRing(ev.clip_before + ev.clip_after + 2.0, ev.clip_fps, ev.clip_width) \
+            if ev.clip_format != "none" else None
+        self.evidence = EvidenceWorker(name, options, self.ring, post)
+        self.stats = PipelineStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_detect = 0.0
+        self._shape: tuple[int, ...] | None = None
+        self.labels: set[str] | None = set(options.detect.classes) if options.detect.classes else None
+
+    def start(self) -> "Pipeline":
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
+        self._thread.start()
+        self.evidence.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.evidence.stop(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            self.detector = self.detector_factory()
+        except Exception as exc:   # noqa: BLE001 - ModelError and anything onnxruntime raises
+            self.post("fatal", f"model cannot be used: {exc}")
+            return
+        seq = 0
+        while not self._stop.is_set():
+            raw = self.reader.wait_newer(seq, 0.5)
+            if raw is None:
+                continue
+            seq = raw.seq
+            try:
+                self.process(raw)
+            except Exception as exc:   # noqa: BLE001 - one bad frame must not stop the camera
+                self.stats.errors += 1
+                message = f"{type(exc).__name__}: {exc}"
+                if self.stats.last_error != message:
+                    log.exception("camera %s: frame %d could not be processed", self.name, raw.seq)
+                self.stats.last_error = message
+
+    def process(self, raw: RawFrame) -> list[Violation]:
+        """One frame through the gate, detector, tracker and rules (public for tests and benches)."""
+        started = time.perf_counter()
+        image = raw.image
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"unexpected frame shape {image.shape}")
+        if self._shape is not None and image.shape != self._shape:
+            log.warning("camera %s: frame size changed from %s to %s: tracks restart", self.name,
+                        self._shape[1::-1], image.shape[1::-1])
+            self.tracker.reset()
+        self._shape = image.shape
+        t = raw.t
+        moved = self.gate.moved(image) if self.options.motion.enabled else True
+        moving_tracks = any(abs(tr.velocity[0]) + abs(tr.velocity[1]) > 3.0 for tr in self.tracker.tracks.values())
+        if moved or moving_tracks or t - self._last_detect >= self.options.motion.idle_interval:
+            detections = self.detector.detect(image)
+            self._last_detect = t
+            self.stats.detected += 1
+            timing = getattr(self.detector, "last_timing", None)
+            if timing is not None:
+                self.stats.infer_ms.append(timing.total_ms)
+            score = self.options.detect.score
+            detections = [d for d in detections if d.score >= score and (self.labels is None or d.label in self.labels)]
+            tracks = self.tracker.update(detections, t)
+        else:
+            self.stats.gated += 1
+            tracks = self.tracker.hold(t)
+        persons = tuple((tr.id, tr.box) for tr in tracks if tr.label == "person" and tr.last_t == t)
+        frame = Frame(raw.seq, t, image, persons)
+        if self.ring is not None and self.ring.due(t):
+            self.ring.add(t, image, persons if self.options.privacy.blur_faces else ())
+        violations = self.rules.update(frame, tracks, self.tracker.ended, self.options.tracker.min_hits)
+        for violation in violations:
+            self.stats.violations += 1
+            log.info("camera %s: %s by track %d (%s) at %.3f", self.name, violation.type, violation.track,
+                     violation.label, violation.t)
+            self.evidence.submit(violation)
+        now = time.perf_counter()
+        self.stats.frames += 1
+        self.stats.frame_ms.append((now - started) * 1000)
+        self.stats.lag_ms.append((time.time() - t) * 1000)
+        self.stats.times.append(time.monotonic())
+        return violations
+
+
+class EvidenceWorker:
+    """Builds evidence off the pipeline thread; clips once their last second has been recorded."""
+
+    def __init__(self, name: str, options: Options, ring: ClipRing | None, post: Callable[[str, Any], None]):
+        self.name = name
+        self.options = options
+        self.ring = ring
+        self.post = post
+        self.queue: queue.Queue[Violation] = queue.Queue(maxsize=64)
+        self.clips: list[tuple[float, int, Violation]] = []   # (due, key, violation)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._key = 0
+        self.dropped = 0
+        self.repeats = 0
+        self.seen_plates: dict[tuple[str, str], float] = {}
+        self.build_ms: deque = deque(maxlen=100)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"evidence-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.clips:
+            log.warning("camera %s: %d clip(s) not finished at stop", self.name, len(self.clips))
+
+    def submit(self, violation: Violation) -> None:
+        try:
+            self.queue.put_nowait(violation)
+        except queue.Full:
+            self.dropped += 1
+            log.error("camera %s: evidence queue full: %s by track %d dropped", self.name, violation.type,
+                      violation.track)
+
+    def _run(self) -> None:
+        if self.options.evidence.plate:
+            from drivers.camera.evidence import PlateReader
+            PlateReader.engine()    # load the OCR now, not when the first violation waits for it
+        while not self._stop.is_set():
+            try:
+                violation = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                violation = None
+            if violation is not None:
+                self._violation(violation)
+            self._due_clips()
+
+    def _violation(self, violation: Violation) -> None:
+        ev = self.options.evidence
+        started = time.perf_counter()
+        try:
+            built = build_violation(violation, quality=ev.jpeg_quality, crop=ev.crop, plate=ev.plate,
+                                    blur=self.options.privacy.blur_faces)
+        except Exception as exc:   # noqa: BLE001 - report the violation even without pictures
+            log.exception("camera %s: evidence for %s failed", self.name, violation.type)
+            from drivers.camera.evidence import Built
+            built = Built([], {"evidence_error": f"{type(exc).__name__}: {exc}"})
+        self.build_ms.append((time.perf_counter() - started) * 1000)
+        plate = built.data.get("plate")
+        if plate:
+            # a track that broke in two is one vehicle: the plate says so
+            key = (violation.type, plate)
+            last = self.seen_plates.get(key)
+            self.seen_plates[key] = violation.t
+            if last is not None and violation.t - last < ev.repeat_window:
+                self.repeats += 1
+                log.info("camera %s: %s by %s again (track %d): counted once", self.name, violation.type, plate,
+                         violation.track)
+                return
+            if len(self.seen_plates) > 1000:
+                cutoff = violation.t - ev.repeat_window
+                self.seen_plates = {k: t for k, t in self.seen_plates.items() if t >= cutoff}
+        self._key += 1
+        clip = self.ring is not None
+        if clip:
+            built.data["clip"] = {"follows": True, "from": int((violation.t - ev.clip_before) * 1000),
+                                  "to": int((violation.t + ev.clip_after) * 1000)}
+            self.clips.append((violation.t + ev.clip_after, self._key, violation))
+        self.post("violation", (self._key, violation, built))
+
+    def _due_clips(self) -> None:
+        if not self.clips or self.ring is None:
+            return
+        newest = self.ring.newest
+        now = time.time()
+        ready = [c for c in self.clips if (newest is not None and newest >= c[0]) or now > c[0] + 3.0]
+        for entry in ready:
+            self.clips.remove(entry)
+            _, key, violation = entry
+            ev = self.options.evidence
+            frames = self.ring.between(violation.t - ev.clip_before, violation.t + ev.clip_after)
+            try:
+                data, name, mime = encode_clip(frames, ev.clip_fps, ev.clip_format, self.options.privacy.blur_faces,
+                                               violation.track)
+            except Exception as exc:   # noqa: BLE001
+                log.warning("camera %s: no clip for %s: %s", self.name, violation.type, exc)
+                continue
+            info = {"frames": len(frames), "fps": ev.clip_fps,
+                    "from": int(frames[0].t * 1000), "to": int(frames[-1].t * 1000)}
+            self.post("clip", (key, violation, (name, data, mime), info))

@@ -1,0 +1,484 @@
+"""The violation rules, in image coordinates, over tracks.
+
+Each rule sees every processed frame with the tracks updated in it and returns the violations it
+decided. A violation carries three shots (frame, time, the subject's box) for the evidence:
+
+| rule | shots | moment of the violation |
+| --- | --- | --- |
+| red_light | behind the stop line with the signal red, past it, further on (`confirm_distance`) | the crossing (interpolated between frames) |
+| stop_line | behind the line, past it, stopped there on red for `dwell` | when the dwell is reached |
+| wrong_way | furthest point along the lane, half way back, `min_distance` back | when `min_distance` is reached |
+| illegal_parking | arrival in the zone, half the dwell, the dwell | when the dwell is reached |
+| zone_intrusion | entry, half `min_time`, `min_time` | when `min_time` is reached |
+
+Frames are kept by reference only where a shot needs them (a handful per track), never one per
+history entry.
+
+The red-light rule never looks at the lamp's pixels: the signal state comes from another device
+(a signal controller's ``phase2``) through a :data:`SignalFn`, which the camera runner feeds from
+the agent's latest readings and tests feed directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.camera.geometry import Box, DirectedLine, Path, Pt, anchor, inside
+from drivers.camera.options import (
+    IllegalParkingRule, RedLightRule, SignalSource, StopLineRule, WrongWayRule, ZoneIntrusionRule, rule_name,
+)
+from drivers.camera.tracker import Track
+
+
+@dataclass(frozen=True, slots=True)
+class SignalState:
+    colour: str                 # red, yellow, green, dark
+    since: float | None         # when this colour was first seen in its current run (seconds), if known
+    t: float                    # time of the reading used
+
+
+# (source, t seconds) -> the signal's state at t, or None when unknown (not read, stale, bad quality)
+SignalFn = Callable[[SignalSource, float], SignalState | None]
+
+
+@dataclass(slots=True)
+class Frame:
+    """One processed frame as the rules and the evidence see it."""
+
+    seq: int
+    t: float                                   # seconds since the epoch, when the frame was taken
+    image: Any                                 # BGR ndarray (None in tests that need no pictures)
+    persons: tuple[tuple[int, Box], ...] = ()  # (track id, box) of every person in it, for face blurring
+
+
+@dataclass(frozen=True, slots=True)
+class Shot:
+    frame: Frame
+    box: Box                                   # the subject's box in that frame
+
+
+@dataclass(slots=True)
+class Violation:
+    type: str                                  # red_light, stop_line, wrong_way, illegal_parking, zone_intrusion
+    rule: str                                  # the rule's name
+    severity: str
+    track: int
+    label: str
+    score: float
+    t: float                                   # the moment of the violation (seconds)
+    shots: list[Shot]
+    data: dict[str, Any] = field(default_factory=dict)
+    decided: float = 0.0                       # frame time at which the rule decided it
+
+
+@dataclass(slots=True)
+class _Obs:
+    t: float
+    p: Pt
+    box: Box
+    frame: Frame
+    along: float = 0.0      # wrong_way: how far along the lane
+
+
+def _obs(track: Track, frame: Frame, at: float = 1.0) -> _Obs:
+    return _Obs(frame.t, anchor(track.box, at), track.box, frame)
+
+
+def continuous(a: Box, b: Box) -> bool:
+    """Whether two boxes of one track in consecutive observations can be one road user moving: a
+    detector that swapped two neighbours (or a box that grew over a second vehicle) jumps."""
+    from drivers.camera.geometry import iou
+    return iou(a, b) >= 0.3
+
+
+class _RuleBase:
+    def __init__(self, name: str, cfg: Any):
+        self.name = name
+        self.cfg = cfg
+        self.done: set[int] = set()
+
+    def eligible(self, track: Track) -> bool:
+        return track.label in self.cfg.classes and track.best_score >= self.cfg.min_score
+
+    def violation(self, track: Track, t: float, shots: list[_Obs], now: float, **data: Any) -> Violation:
+        self.done.add(track.id)
+        return Violation(self.cfg.type, self.name, self.cfg.severity, track.id, track.label,
+                         round(track.best_score, 3), t, [Shot(o.frame, o.box) for o in shots],
+                         {k: v for k, v in data.items() if v is not None}, now)
+
+    def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
+        raise NotImplementedError
+
+    def forget(self, track_ids: Iterable[int]) -> None:
+        for track_id in track_ids:
+            self.done.discard(track_id)
+            for store in self._stores():
+                store.pop(track_id, None)
+
+    def _stores(self) -> list[dict]:
+        return []
+
+
+class _StopLineBase(_RuleBase):
+    """The stop line, the signal it obeys, and each track's last side of the line."""
+
+    def __init__(self, name: str, cfg: RedLightRule | StopLineRule, source: SignalSource, signal: SignalFn):
+        super().__init__(name, cfg)
+        self.line = DirectedLine(cfg.line, cfg.direction, cfg.extent)
+        self.source = source
+        self.signal = signal
+        self.last: dict[int, tuple[_Obs, float]] = {}       # track -> (observation, side)
+
+    def observe(self, frame: Frame,
+                tracks: list[Track]) -> Iterator[tuple[Track, _Obs, float, tuple[_Obs, float] | None]]:
+        """Each track seen in this frame and not yet judged: (track, observation, side of the line,
+        the previous (observation, side) or None); the previous is replaced by this one."""
+        for track in tracks:
+            if track.last_t != frame.t or track.id in self.done:
+                continue
+            obs = _obs(track, frame, self.cfg.anchor)
+            side = self.line.side(obs.p)
+            previous = self.last.get(track.id)
+            self.last[track.id] = (obs, side)
+            yield track, obs, side, previous
+
+
+class RedLight(_StopLineBase):
+    """Crossing on red, then `confirm_distance` further on within `confirm_within`."""
+
+    def __init__(self, name: str, cfg: RedLightRule, source: SignalSource, signal: SignalFn):
+        super().__init__(name, cfg, source, signal)
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.unknown_signal = 0                             # crossings with no signal state to judge them
+
+    def _stores(self) -> list[dict]:
+        return [self.last, self.pending]
+
+    def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
+        out = []
+        for track, obs, side, previous in self.observe(frame, tracks):
+            pending = self.pending.get(track.id)
+            if pending is not None:
+                if frame.t - pending["t"] > self.cfg.confirm_within:
+                    del self.pending[track.id]     # stopped over the line: not a red-light runner
+                    self.done.add(track.id)
+                elif side >= self.cfg.confirm_distance and frame.t > pending["cross"].t and self.eligible(track):
+                    del self.pending[track.id]
+                    out.append(self.violation(track, pending["t"], [pending["before"], pending["cross"], obs],
+                                              frame.t, signal=pending["state"].colour,
+                                              red_for=round(pending["t"] - pending["state"].since, 2)
+                                              if pending["state"].since is not None else None,
+                                              phase_point=self.source.point_name, signal_device=self.source.device))
+                continue
+            if previous is None:
+                continue
+            before, before_side = previous
+            if not (before_side < 0 <= side) or not (self.line.within(obs.p) or self.line.within(before.p)):
+                continue
+            if not continuous(before.box, obs.box) or frame.t - before.t > 1.0:
+                continue
+            t_cross = before.t + (frame.t - before.t) * (-before_side) / (side - before_side)
+            state = self.signal(self.source, t_cross)
+            if state is None:
+                self.unknown_signal += 1
+                continue
+            if state.colour != "red":
+                continue
+            if self.cfg.grace and state.since is not None and t_cross - state.since < self.cfg.grace:
+                continue
+            self.pending[track.id] = {"t": t_cross, "before": before, "cross": obs, "state": state}
+        return out
+
+
+class StopLine(_StopLineBase):
+    """Past the stop line (seen crossing it), on red, standing still for `dwell`."""
+
+    def __init__(self, name: str, cfg: StopLineRule, source: SignalSource, signal: SignalFn):
+        super().__init__(name, cfg, source, signal)
+        self.crossed: dict[int, tuple[_Obs, _Obs]] = {}    # track -> (before, past)
+
+    def _stores(self) -> list[dict]:
+        return [self.last, self.crossed]
+
+    def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
+        out = []
+        for track, obs, side, previous in self.observe(frame, tracks):
+            if previous is not None and previous[1] < 0 <= side and self.line.within(obs.p):
+                self.crossed[track.id] = (previous[0], obs)
+            if side < 0:
+                self.crossed.pop(track.id, None)   # backed up behind the line
+                continue
+            crossing = self.crossed.get(track.id)
+            if crossing is None or side > self.cfg.max_distance or not self.eligible(track):
+                continue
+            if not _still_for(track, frame.t, self.cfg.dwell, self.cfg.still_px, self.cfg.anchor):
+                continue
+            state = self.signal(self.source, frame.t)
+            if state is None or state.colour != "red":
+                continue
+            out.append(self.violation(track, frame.t, [crossing[0], crossing[1], obs], frame.t,
+                                      signal=state.colour, past_line_px=round(side, 1),
+                                      phase_point=self.source.point_name, signal_device=self.source.device))
+        return out
+
+
+def _still_for(track: Track, now: float, seconds: float, still_px: float, at: float = 1.0) -> bool:
+    """The track's anchor stayed within ``still_px`` of where it is now for the last ``seconds``."""
+    here = anchor(track.box, at)
+    covered = False
+    for t, _, box in reversed(track.history):
+        if math.dist(anchor(box, at), here) > still_px:
+            return False
+        if now - t >= seconds:
+            covered = True
+            break
+    return covered
+
+
+class WrongWay(_RuleBase):
+    """Inside the lane, `min_distance` back from the furthest point reached along its direction."""
+
+    def __init__(self, name: str, cfg: WrongWayRule):
+        super().__init__(name, cfg)
+        self.best: dict[int, _Obs] = {}     # furthest observation along the legal direction
+        self.half: dict[int, _Obs] = {}
+        self.path = Path(cfg.path) if cfg.path is not None else None
+        self.previous: dict[int, _Obs] = {}
+        self.steps: dict[int, int] = {}
+
+    def _stores(self) -> list[dict]:
+        return [self.best, self.half, self.previous, self.steps]
+
+    def _in_lane(self, p: Pt) -> float | None:
+        """How far along the lane p is (px), or None when p is not in the lane."""
+        if self.path is not None:
+            along, off = self.path.locate(p)
+            return along if off <= self.cfg.width / 2 else None
+        if not inside(p, self.cfg.zone):
+            return None
+        return p[0] * self.cfg.direction[0] + p[1] * self.cfg.direction[1]
+
+
+    def _position(self, p: Pt) -> float:
+        if self.path is not None:
+            return self.path.locate(p)[0]
+        return p[0] * self.cfg.direction[0] + p[1] * self.cfg.direction[1]
+
+    def _whole_box_moved(self, then: Box, now: Box) -> bool:
+        """Both ends of the box went back, not only one: a box that grows or shrinks (a vehicle
+        coming out from behind another, a detector unsure of an edge) is not a vehicle moving."""
+        need = 0.5 * self.cfg.min_distance
+        return all(self._position(anchor(then, at)) - self._position(anchor(now, at)) >= need for at in (0.0, 1.0))
+
+    def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
+        out = []
+        for track in tracks:
+            if track.last_t != frame.t or track.id in self.done:
+                continue
+            obs = _obs(track, frame, self.cfg.anchor)
+            here = self._in_lane(obs.p)
+            if here is None:
+                self.best.pop(track.id, None)
+                self.half.pop(track.id, None)
+                continue
+            obs.along = here
+            best = self.best.get(track.id)
+            previous = self.previous.get(track.id)
+            self.previous[track.id] = obs
+            if previous is not None and (not continuous(previous.box, obs.box) or here > previous.along + 2.0):
+                best = None       # a jump (another vehicle's box) or a step the right way: start again here
+            if best is None or here > best.along:
+                self.best[track.id] = obs
+                self.half.pop(track.id, None)
+                self.steps[track.id] = 0
+                continue
+            self.steps[track.id] = self.steps.get(track.id, 0) + 1
+            back = best.along - here
+            if back >= self.cfg.min_distance / 2 and track.id not in self.half:
+                self.half[track.id] = obs
+            if (back >= self.cfg.min_distance and frame.t - best.t >= self.cfg.min_time and self.steps[track.id] >= 3
+                    and self._whole_box_moved(best.box, obs.box) and self.eligible(track)):
+                half = self.half.get(track.id, obs)
+                out.append(self.violation(track, frame.t, [best, half, obs], frame.t,
+                                          against_px=round(back, 1),
+                                          speed_px_s=round(back / max(frame.t - best.t, 1e-3), 1)))
+        return out
+
+
+class _Dwell(_RuleBase):
+    """In the zone for `seconds` (and, for parking, not moving more than `still_px`)."""
+
+    seconds: float
+    still_px: float | None = None
+    label_kind = "dwell"
+
+    def __init__(self, name: str, cfg: Any):
+        super().__init__(name, cfg)
+        self.entry: dict[int, _Obs] = {}
+        self.half: dict[int, _Obs] = {}
+        self.ghosts: list[tuple[float, _Obs, _Obs | None]] = []   # ended tracks' entries, for re-found ones
+
+    def _stores(self) -> list[dict]:
+        return [self.entry, self.half]
+
+    def forget(self, track_ids: Iterable[int]) -> None:
+        ids = list(track_ids)
+        for track_id in ids:
+            if track_id in self.entry and track_id not in self.done:
+                entry = self.entry[track_id]
+                self.ghosts.append((entry.t, entry, self.half.get(track_id)))
+        super().forget(ids)
+
+    def _adopt(self, obs: _Obs, now: float) -> tuple[_Obs, _Obs | None] | None:
+        """A track that lost its id (occluded by a passing bus) comes back as a new one at the same
+        place: it keeps its arrival time."""
+        from drivers.camera.geometry import iou
+        keep = max(10.0, 2 * (self.still_px or 0))
+        self.ghosts = [g for g in self.ghosts if now - g[1].t < 60.0 + keep]
+        for i, (_, entry, half) in enumerate(self.ghosts):
+            if iou(entry.box, obs.box) > 0.5:
+                del self.ghosts[i]
+                return entry, half
+        return None
+
+    def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
+        out = []
+        for track in tracks:
+            if track.last_t != frame.t or track.id in self.done or track.label not in self.cfg.classes:
+                continue
+            obs = _obs(track, frame, self.cfg.anchor)
+            if not inside(obs.p, self.cfg.zone):
+                self.entry.pop(track.id, None)
+                self.half.pop(track.id, None)
+                continue
+            entry = self.entry.get(track.id)
+            if entry is None:
+                adopted = self._adopt(obs, frame.t) if self.still_px is not None else None
+                if adopted is not None:
+                    self.entry[track.id] = adopted[0]
+                    if adopted[1] is not None:
+                        self.half[track.id] = adopted[1]
+                else:
+                    self.entry[track.id] = obs
+                continue
+            if self.still_px is not None and math.dist(obs.p, entry.p) > self.still_px:
+                self.entry[track.id] = obs        # it moved: the clock starts again where it is now
+                self.half.pop(track.id, None)
+                continue
+            held = frame.t - entry.t
+            if held >= self.seconds / 2 and track.id not in self.half:
+                self.half[track.id] = obs
+            if held >= self.seconds and self.eligible(track):
+                half = self.half.get(track.id, obs)
+                out.append(self.violation(track, entry.t + self.seconds, [entry, half, obs], frame.t,
+                                          **{self.label_kind: round(held, 1)}))
+        return out
+
+
+class IllegalParking(_Dwell):
+    label_kind = "dwell_s"
+
+    def __init__(self, name: str, cfg: IllegalParkingRule):
+        super().__init__(name, cfg)
+        self.seconds = cfg.dwell
+        self.still_px = cfg.still_px
+
+
+class ZoneIntrusion(_Dwell):
+    label_kind = "in_zone_s"
+
+    def __init__(self, name: str, cfg: ZoneIntrusionRule):
+        super().__init__(name, cfg)
+        self.seconds = cfg.min_time
+        self.still_px = None
+
+
+class RuleSet:
+    """The rules of one camera."""
+
+    def __init__(self, rules: list[Any], signal: SignalFn | None = None, default_source: SignalSource | None = None):
+        self.rules: list[_RuleBase] = []
+        self.reported: set[tuple[str, int]] = set()
+        for index, cfg in enumerate(rules):
+            name = rule_name(cfg, index)
+            if isinstance(cfg, (RedLightRule, StopLineRule)):
+                source = cfg.signal or default_source
+                if source is None or signal is None:
+                    raise ValueError(f"rule {name} needs a signal source")
+                self.rules.append((RedLight if isinstance(cfg, RedLightRule) else StopLine)(name, cfg, source, signal))
+            elif isinstance(cfg, WrongWayRule):
+                self.rules.append(WrongWay(name, cfg))
+            elif isinstance(cfg, IllegalParkingRule):
+                self.rules.append(IllegalParking(name, cfg))
+            elif isinstance(cfg, ZoneIntrusionRule):
+                self.rules.append(ZoneIntrusion(name, cfg))
+            else:
+                raise ValueError(f"unknown rule {cfg!r}")
+
+    def update(self, frame: Frame, tracks: list[Track], ended: Iterable[Track] = (), min_hits: int = 1) -> list[Violation]:
+        ended_ids = [t.id for t in ended]
+        for rule in self.rules:
+            rule.forget(ended_ids)
+        self.reported = {key for key in self.reported if key[1] not in set(ended_ids)}
+        ready = [t for t in tracks if t.hits >= min_hits]
+        out = []
+        for rule in self.rules:
+            for violation in rule.update(frame, ready):
+                # one road user, one violation of a kind: lanes drawn to overlap do not count it twice
+                key = (violation.type, violation.track)
+                if key not in self.reported:
+                    self.reported.add(key)
+                    out.append(violation)
+        return out
+
+    @property
+    def wants_signal(self) -> list[SignalSource]:
+        return [r.source for r in self.rules if isinstance(r, (RedLight, StopLine))]
+
+    def stats(self) -> dict[str, int]:
+        return {"unknown_signal": sum(getattr(r, "unknown_signal", 0) for r in self.rules)}
+
+
+class SignalBoard:
+    """The recent history of signal readings, fed from the agent's latest readings (on the event
+    loop) and read by the rules (on the pipeline thread). Appends and reads of a deque are atomic
+    under the GIL; a reader sees a consistent prefix."""
+
+    def __init__(self, keep: float = 120.0):
+        from collections import deque
+        self.keep = keep
+        self._history: dict[tuple[str, str], deque] = {}
+
+    def feed(self, device: str, point: str, value: Any, t: float, quality: str = "good") -> None:
+        from collections import deque
+        history = self._history.setdefault((device, point), deque(maxlen=4096))
+        if history and history[-1][0] >= t:
+            return   # the same reading again
+        history.append((t, value, quality))
+        while history and history[0][0] < t - self.keep:
+            history.popleft()
+
+    def __call__(self, source: SignalSource, t: float) -> SignalState | None:
+        history = self._history.get((source.device, source.point_name))
+        if not history:
+            return None
+        entries = list(history)
+        index = None
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i][0] <= t:
+                index = i
+                break
+        if index is None:
+            return None
+        at, value, quality = entries[index]
+        if quality != "good" or t - at > source.max_age or not isinstance(value, str):
+            return None
+        since: float | None = at
+        j = index
+        while j > 0 and entries[j - 1][1] == value and entries[j - 1][2] == "good":
+            j -= 1
+        since = entries[j][0] if j > 0 else None   # the run reaches back past what we remember: unknown start
+        return SignalState(value, since, at)

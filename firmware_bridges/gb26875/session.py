@@ -1,0 +1,238 @@
+"""The protocol side of the bridge, free of sockets: frames in, answers and sink calls out.
+
+A :class:`Channel` is what one runner serves (one listening port, one outgoing connection, one UDP
+port or one serial port). It routes each frame to a configured device by source address and
+answers it the way clause 6 asks:
+
+- send data (2): decoded, handed to the agent, then confirmed (3) with the frame's serial number
+  and the addresses swapped. The confirm goes out only after the agent has the events: a
+  critical event is committed to the outbox inside ``sink.event`` (agent/app.py), so a confirmed
+  fire alarm survives a crash of the agent right after. If handing over fails, no confirm goes
+  out and the device retransmits (6.5);
+- a frame that fails its checksum (its header still readable) is denied (6), which makes the
+  device retransmit at once rather than after its timeout (6.3, 6.5);
+- control (1) and request (4) frames, reserved and user-defined commands: denied; the agent is the
+  centre and holds nothing a device may ask for;
+- response (5): decoded like data, not answered; confirm/deny (3, 6): counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import DeviceConfig
+from agent.model import DeviceSink, now_ms
+from firmware_bridges.gb26875 import appdata
+from firmware_bridges.gb26875.frame import BadFrame, Command, Frame, address_wire, now_label
+from firmware_bridges.gb26875.mapping import FireState
+from firmware_bridges.gb26875.options import Options
+
+log = logging.getLogger("firmware_bridges.gb26875")
+
+WARN_EVERY_S = 60.0
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    frames: int = 0              # valid frames from the device
+    bad_frames: int = 0          # failed checks: checksum, length, missing '##', unparseable data
+    confirms_sent: int = 0
+    denies_sent: int = 0
+    duplicates: int = 0          # re-sent frames recognised
+    events: int = 0
+    internal_errors: int = 0     # handing over to the agent failed (frame left unconfirmed)
+    points_dropped: int = 0      # readings not reported: over max_component_points
+    last_frame_ms: int | None = None
+    online: bool | None = None   # None: not heard from yet
+    peer: str | None = None
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__slots__}
+        out["errors"] = self.bad_frames + self.internal_errors   # the agent shows this as the device's errors
+        return out
+
+
+class Link:
+    """One conversation: a TCP connection, a serial port, or a UDP peer."""
+
+    def __init__(self, peer: str, send: Callable[[bytes], None]):
+        self.peer = peer
+        self._send = send
+        self.device: DeviceHandler | None = None   # who spoke on it last
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self._send(data)
+            return True
+        except Exception as exc:   # noqa: BLE001 - a dead link is the transport's business
+            log.debug("%s: send failed: %s", self.peer, exc)
+            return False
+
+
+class DeviceHandler:
+    """One configured transmission device: its state, counters and online watch."""
+
+    def __init__(self, config: DeviceConfig, options: Options, sink: DeviceSink):
+        self.id = config.id
+        self.options = options
+        self.sink = sink
+        self.state = FireState(options)
+        self.stats = DeviceStats()
+        self.last_seen: float | None = None   # monotonic time of the last valid frame
+        self.started = time.monotonic()
+        self._warned_at: dict[str, float] = {}
+
+    def warn(self, key: str, message: str, *args: Any) -> None:
+        """Log a problem at most once a minute per kind: a noisy line must not flood the journal."""
+        now = time.monotonic()
+        if now - self._warned_at.get(key, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned_at[key] = now
+            log.warning("%s: " + message, self.id, *args)
+
+    def on_frame(self, frame: Frame, link: Link) -> None:
+        stats = self.stats
+        stats.frames += 1
+        stats.last_frame_ms = now_ms()
+        stats.peer = link.peer
+        self.last_seen = time.monotonic()
+        if stats.online is not True:
+            stats.online = True
+            self.sink.device_state(self.id, True)
+        command = frame.command
+        if command in (Command.SEND_DATA, Command.RESPONSE):
+            if not self._deliver(frame):
+                return   # not handed over: no confirm, the device will send it again
+            if command == Command.SEND_DATA and self.options.confirm:
+                if link.send(frame.answer(Command.CONFIRM, time_label=now_label(self.options.utc_offset))):
+                    stats.confirms_sent += 1
+        elif command in (Command.CONFIRM, Command.DENY):
+            pass   # answers to requests; the agent sends none yet
+        else:
+            self.deny(frame, link)
+
+    def _deliver(self, frame: Frame) -> bool:
+        """Decode and hand readings and events to the agent. False if the agent could not take them."""
+        if not frame.app_data:
+            return True   # heartbeat (an empty send-data frame): confirmed, nothing to report
+        duplicate = self.state.is_duplicate(frame)
+        self.stats.duplicates = self.state.duplicates
+        try:
+            unit = appdata.parse(frame.app_data)
+        except appdata.AppDataError as exc:
+            self.stats.bad_frames += 1
+            self.stats.last_error = f"serial {frame.serial}: {exc}"
+            self.warn("appdata", "frame %d: %s", frame.serial, exc)
+            return True   # nothing usable; confirming stops pointless retransmissions of it
+        if unit.problems:
+            self.stats.bad_frames += 1
+            self.stats.last_error = f"serial {frame.serial}: {unit.problems[0]}"
+            self.warn("appdata", "frame %d, type %d: %s", frame.serial, unit.type, "; ".join(unit.problems))
+        saved = self.state.checkpoint()
+        try:
+            output = self.state.apply(unit, frame, duplicate=duplicate)
+            for event in output.events:
+                self.sink.event(self.id, event)   # critical: committed before this returns
+                self.stats.events += 1
+            if output.readings:
+                self.sink.readings(self.id, output.readings)
+        except Exception as exc:   # noqa: BLE001 - an outbox failure: leave the frame unconfirmed
+            self.stats.internal_errors += 1
+            self.stats.last_error = f"handing frame {frame.serial} to the agent failed: {exc}"
+            log.exception("%s: handing frame %d to the agent failed; not confirming it", self.id, frame.serial)
+            self.state.restore(saved, frame)
+            return False
+        self.stats.points_dropped = self.state.points_dropped
+        return True
+
+    def deny(self, frame: Frame, link: Link) -> None:
+        if self.options.confirm and link.send(frame.answer(Command.DENY, time_label=now_label(self.options.utc_offset))):
+            self.stats.denies_sent += 1
+
+    def check_silence(self, now: float) -> None:
+        """Report offline once when nothing valid arrived for offline_after (or since start)."""
+        since = self.last_seen if self.last_seen is not None else self.started
+        if self.stats.online is not False and now - since > self.options.offline_after:
+            self.stats.online = False
+            heard = "no frame since the agent started" if self.last_seen is None else \
+                f"no frame for {now - since:.0f}s"
+            self.stats.last_error = heard
+            self.sink.device_state(self.id, False, heard)
+
+
+@dataclass(slots=True)
+class ChannelStats:
+    unknown_source: int = 0      # frames from an address no device of this channel has
+    bad_unrouted: int = 0        # bad frames on a link no device has spoken on yet
+    connections: int = 0
+    links: set[Link] = field(default_factory=set)
+
+
+class Channel:
+    """Routes frames of one runner to its devices."""
+
+    def __init__(self, name: str, members: list[tuple[DeviceConfig, Options]], sink: DeviceSink):
+        self.name = name
+        self.devices = [DeviceHandler(config, options, sink) for config, options in members]
+        self._by_address = {d.options.address: d for d in self.devices if d.options.address is not None}
+        # One device on a channel of its own takes every frame on it; a source address that differs
+        # from its config is logged, not refused: refusing would lose its fire alarms over a typo.
+        self._only = self.devices[0] if len(self.devices) == 1 else None
+        self.stats = ChannelStats()
+
+    def route(self, frame: Frame) -> DeviceHandler | None:
+        device = self._by_address.get(frame.source)
+        if device is not None:
+            return device
+        if self._only is not None:
+            if self._only.options.address is not None:
+                self._only.warn("address", "frames come from address %d (%s), the config says %d; "
+                                "taking them (this device is alone on %s)", frame.source,
+                                address_wire(frame.source), self._only.options.address, self.name)
+            return self._only
+        return None
+
+    def handle(self, item: Frame | BadFrame, link: Link) -> None:
+        if isinstance(item, BadFrame):
+            # a checksum failure still has a readable header: its source (if not the corrupted
+            # part) names the device to deny and count against
+            device = (self._by_address.get(item.frame.source) if item.frame is not None else None) \
+                or link.device or self._only
+            if device is None:
+                self.stats.bad_unrouted += 1
+                log.debug("%s: %s: %s", self.name, link.peer, item.reason)
+            else:
+                device.stats.bad_frames += 1
+                device.stats.last_error = item.reason
+                device.warn("bad", "%s: %s", link.peer, item.reason)
+            if item.frame is not None and device is not None:
+                device.deny(item.frame, link)
+            return
+        device = self.route(item)
+        if device is None:
+            self.stats.unknown_source += 1
+            log.warning("%s: frame from address %d (%s) on %s: no device here has it; denied",
+                        self.name, item.source, address_wire(item.source), link.peer)
+            if any(d.options.confirm for d in self.devices):
+                link.send(item.answer(Command.DENY))
+            return
+        link.device = device
+        device.on_frame(item, link)
+
+    def check_silence(self) -> None:
+        now = time.monotonic()
+        for device in self.devices:
+            device.check_silence(now)
+
+    def stats_by_device(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for device in self.devices:
+            entry = device.stats.as_dict()
+            entry["unknown_source"] = self.stats.unknown_source
+            entry["connections"] = len(self.stats.links)
+            out[device.id] = entry
+        return out

@@ -1,0 +1,125 @@
+"""Routes what a transport's :class:`~.frame.StreamFramer` produced to the stations, by MN.
+
+Shared by the TCP server and the serial reader: one router per listener (or serial port), with
+the stations configured on it. A frame from an MN no station has is counted, logged once per
+MN, and ignored (no answer: an unknown logger learns nothing). A bad frame whose header still
+names a known MN goes to that station (which may refuse it); other bad frames are counted here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from firmware_bridges.hj212.frame import Frame, FrameError, StreamFramer, lenient_header
+from firmware_bridges.hj212.station import Session, Station
+
+log = logging.getLogger("firmware_bridges.hj212")
+
+MAX_REMEMBERED_UNKNOWN = 1000
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    """Counters of one listener (or serial port) that belong to no station."""
+
+    connections: int = 0           # open now
+    accepted: int = 0              # connections accepted since start
+    refused_connections: int = 0   # turned away or evicted at max_connections
+    timed_out: int = 0             # closed for idleness or an incomplete frame (slow-loris)
+    flooded: int = 0               # closed after too many bytes without a valid frame
+    unknown_mn_frames: int = 0
+    unknown_mns: int = 0
+    bad_frames: int = 0            # bad frames not attributable to a station
+    garbage_bytes: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Router:
+    def __init__(self, name: str, stations: list[Station]):
+        self.name = name
+        self.stations: dict[str, Station] = {s.mn: s for s in stations}
+        self.stats = ListenerStats()
+        self._unknown: set[str] = set()
+        self._last_log = 0.0
+
+    def handle(self, items: list[Frame | FrameError], session: Session) -> list[bytes]:
+        """Answers to write back for what one read produced."""
+        out: list[bytes] = []
+        stations = self.stations
+        for item in items:
+            if isinstance(item, Frame):
+                station = stations.get(item.mn or "")
+                if station is None:
+                    self._unknown_mn(item.mn, session)
+                    continue
+                out += station.handle(item, session)
+                continue
+            header = lenient_header(item.segment) if item.segment is not None else {}
+            station = stations.get(header.get("MN", "")) if header else None
+            if station is not None:
+                out += station.handle_bad(item, header, session)
+            else:
+                self.stats.bad_frames += 1
+                self.stats.last_error = f"{item.reason}: {item}"
+                now = time.monotonic()
+                if now - self._last_log > 60.0:
+                    self._last_log = now
+                    log.warning("hj212 %s: bad frame from %s: %s", self.name, session.name, item)
+        return out
+
+    def _unknown_mn(self, mn: str | None, session: Session) -> None:
+        self.stats.unknown_mn_frames += 1
+        key = (mn or "")[:40]
+        if key in self._unknown:
+            return
+        if len(self._unknown) < MAX_REMEMBERED_UNKNOWN:
+            self._unknown.add(key)
+        self.stats.unknown_mns += 1
+        log.warning("hj212 %s: frame from unknown MN %r on %s ignored (no device has this mn; "
+                    "logged once per MN)", self.name, key, session.name)
+
+
+class StreamSession:
+    """One byte stream (a TCP connection or a serial port): its framer and what it carried."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.stations: set[Station] = set()
+        self.framer = StreamFramer()
+        self.valid_frames = 0
+        self.bytes_since_frame = 0       # bytes received since the last valid frame (flood guard)
+        self.partial_since: float | None = None   # when the pending incomplete frame began
+
+    def feed(self, data: bytes, router: Router, now: float) -> bytes:
+        """Frames in ``data`` handled; returns the bytes to write back (answers)."""
+        framer = self.framer
+        frames, garbage = framer.frames, framer.garbage_bytes
+        items = framer.feed(data)
+        router.stats.garbage_bytes += framer.garbage_bytes - garbage
+        if framer.frames != frames:
+            self.valid_frames += framer.frames - frames
+            self.bytes_since_frame = 0
+        else:
+            self.bytes_since_frame += len(data)
+        if not framer.pending:
+            self.partial_since = None
+        elif items or self.partial_since is None:
+            self.partial_since = now
+        if not items:
+            return b""
+        return b"".join(router.handle(items, self))
+
+    def stalled(self, now: float, frame_timeout: float) -> bool:
+        """An incomplete frame has been pending longer than ``frame_timeout`` (slow-loris)."""
+        return self.partial_since is not None and now - self.partial_since > frame_timeout
+
+    def close(self) -> None:
+        for station in list(self.stations):
+            station.detach(self)
+        self.stations.clear()

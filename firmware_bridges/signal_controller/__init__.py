@@ -1,0 +1,73 @@
+"""Traffic-signal controller bridge: phase states in, a bounded priority (preemption) request out.
+
+Two ways to a controller, one device entry each (``protocol:``):
+
+- ``ntcip``: NTCIP 1202 over SNMP v2c/v3 (:mod:`.ntcip`): phase status groups, preempt control;
+- ``modbus_io``: a Modbus digital I/O module wired to lamp sensors and the preempt input
+  (:mod:`.modbus_io`, built on the Modbus driver's bus runner and profiles).
+
+Modules, one job each: :mod:`.options` (config keys), :mod:`.phases` (colours, decoding, change
+detection), :mod:`.priority` (the bounded request), :mod:`.runner` (one runner per controller),
+:mod:`.errors`. README.md beside this file is for technicians and for the command layer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.config import ConfigError
+from drivers.base import DeviceInfo, Driver, PointInfo, Runner
+from firmware_bridges.signal_controller.options import NtcipConnection, Options
+
+if TYPE_CHECKING:
+    from agent.config import DeviceConfig
+    from agent.model import DeviceSink
+
+KIND = "traffic_signal"
+
+
+class SignalControllerDriver(Driver):
+    name = "signal_controller"
+    Options = Options
+
+    def describe(self, device: "DeviceConfig") -> DeviceInfo:
+        options = self.options(device)
+        points = [PointInfo(f"phase{p}", None, "string") for p in options.phases]
+        points += [PointInfo(f"ped{p}", None, "string") for p in options.peds]
+        if options.priority is not None:
+            points.append(PointInfo("preempt", None, "bool"))
+            if options.protocol == "ntcip":
+                points.append(PointInfo("preempt_state", None, "string"))
+        return DeviceInfo(kind=KIND, points=tuple(points))
+
+    def create_runners(self, devices: list["DeviceConfig"], sink: "DeviceSink") -> list[Runner]:
+        """One runner per controller."""
+        from firmware_bridges.signal_controller.runner import SignalRunner
+
+        problems = self.validate_devices(devices)
+        if problems:
+            raise ConfigError(problems)
+        return [SignalRunner(device, self.options(device), sink) for device in devices]
+
+    def validate_devices(self, devices: list["DeviceConfig"]) -> list[str]:
+        """Two entries for one controller (NTCIP address) or one I/O module bus are a mistake: two
+        runners would fight over its preempt input (and a serial port can be opened once)."""
+        seen: dict[tuple[str, ...], str] = {}
+        problems = []
+        for device in devices:
+            options = self.options(device)
+            connection = options.connection
+            if isinstance(connection, NtcipConnection):
+                key: tuple[str, ...] = ("ntcip", connection.host.lower(), str(connection.port))
+                what = connection.describe()
+            else:
+                key = connection.bus_key
+                what = f"modbus {connection.describe()}"
+            if key in seen:
+                problems.append(f"devices {seen[key]} and {device.id} both use {what}: one controller (or one "
+                                "I/O module bus) per signal_controller entry")
+            seen.setdefault(key, device.id)
+        return problems
+
+
+DRIVER = SignalControllerDriver()

@@ -1,0 +1,101 @@
+"""Runs the real agent (`python -m agent run`) as a subprocess for end-to-end tests and benches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def agent_config(tmp: Path, *, broker_port: int, devices: list[dict[str, Any]], gateway: str = "gw-test",
+                 site: str = "lab", mqtt: dict[str, Any] | None = None, **sections: Any) -> Path:
+    """Write a gateway config for a test and return its path."""
+    config = {
+        "gateway": {"id": gateway, "site": site, "location": {"lat": 30.27, "lon": 120.15}},
+        "uplink": {"mqtt": {"host": "127.0.0.1", "port": broker_port, **(mqtt or {})}},
+        "buffer": {"path": str(tmp / "outbox.db"), "max_bytes": "64MiB"},
+        "agent": {"state_dir": str(tmp / "state"), "metrics_interval": "5s", "status_interval": "200ms",
+                  "log": {"format": "text", "level": "info"}},
+        "devices": devices,
+    }
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value}
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class AgentProcess:
+    def __init__(self, config: Path, log: Path):
+        self.config = config
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        settings = yaml.safe_load(config.read_text())
+        self.state_dir = Path(settings["agent"]["state_dir"])
+
+    def start(self) -> "AgentProcess":
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(self.config)],
+                                     cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            snapshot = orjson.loads((self.state_dir / "status.json").read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        return snapshot if snapshot.get("pid") == self.pid else None
+
+    def wait_status(self, predicate, timeout: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        snapshot = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, f"agent exited: {self.log()}"
+            snapshot = self.status()
+            if snapshot is not None and predicate(snapshot):
+                return snapshot
+            time.sleep(0.05)
+        raise AssertionError(f"agent status never matched; last: {snapshot}\nlog:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, like a power cut for the process."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "AgentProcess":
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

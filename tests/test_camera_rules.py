@@ -1,0 +1,176 @@
+"""Camera rules on synthetic tracks: each rule fires when it should, once, and not otherwise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from drivers.camera.options import (
+    IllegalParkingRule, RedLightRule, SignalSource, StopLineRule, WrongWayRule, ZoneIntrusionRule,
+)
+from drivers.camera.rules import Frame, RuleSet, SignalBoard, SignalState
+from drivers.camera.tracker import Tracker
+
+SIGNAL = SignalSource(device="tsc-01", point="phase2")
+
+
+@dataclass
+class Det:
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+
+def signal_red_from(start: float, end: float = 1e9):
+    def signal(source, t):
+        assert source == SIGNAL
+        colour = "red" if start <= t < end else "green"
+        return SignalState(colour, start if colour == "red" else None, t)
+    return signal
+
+
+def run(rules, paths, seconds: float, fps: float = 10.0, signal=None, tracker=None):
+    """paths: {name: f(t) -> Det | None}; returns the violations with the frame time they were decided."""
+    tracker = tracker or Tracker(max_gap=1.0)
+    ruleset = RuleSet(rules, signal, SIGNAL)
+    found = []
+    for i in range(int(seconds * fps) + 1):
+        t = 1000.0 + i / fps
+        dets = [d for d in (f(t - 1000.0) for f in paths.values()) if d is not None]
+        tracks = tracker.update(dets, t)
+        frame = Frame(i, t, None)
+        found += ruleset.update(frame, tracks, tracker.ended, min_hits=2)
+    return found
+
+
+def moving(x0, y0, vx, vy, label="car", w=80, h=60, start=0.0, end=1e9):
+    def at(t):
+        if not start <= t <= end:
+            return None
+        x, y = x0 + vx * (t - start), y0 + vy * (t - start)
+        return Det(label, 0.9, (x, y, x + w, y + h))
+    return at
+
+
+RED_LIGHT = RedLightRule.model_validate({"type": "red_light", "line": [[0, 300], [640, 300]], "direction": "down",
+                                         "confirm_distance": 40})
+
+
+def test_red_light_crossing_on_red_is_one_violation_with_three_shots_in_order():
+    # bottom edge at 100 + 60 = 160 at t=0, 100 px/s: crosses y=300 at t=1.4
+    found = run([RED_LIGHT], {"a": moving(300, 100, 0, 100)}, 4.0, signal=signal_red_from(0.0 + 1000))
+    assert len(found) == 1
+    v = found[0]
+    assert v.type == "red_light" and v.track == 1 and v.label == "car" and v.data["signal"] == "red"
+    assert v.t == pytest.approx(1001.4, abs=0.01)            # interpolated between frames
+    before, past, further = (s.box[3] for s in v.shots)
+    assert before < 300 <= past and further >= 340
+    assert v.shots[0].frame.t < v.shots[1].frame.t < v.shots[2].frame.t
+    assert v.decided - v.t < 0.6
+
+
+def test_red_light_not_on_green_nor_yellow_nor_against_the_direction():
+    assert run([RED_LIGHT], {"a": moving(300, 100, 0, 100)}, 4.0, signal=signal_red_from(1003.0)) == []
+    yellow = lambda source, t: SignalState("yellow", 1000.0, t)   # noqa: E731
+    assert run([RED_LIGHT], {"a": moving(300, 100, 0, 100)}, 4.0, signal=yellow) == []
+    # driving up across the line (the other way) on red
+    assert run([RED_LIGHT], {"a": moving(300, 400, 0, -100)}, 4.0, signal=signal_red_from(1000.0)) == []
+    # beside the line's extent
+    assert run([RED_LIGHT], {"a": moving(800, 100, 0, 100)}, 4.0, signal=signal_red_from(1000.0)) == []
+
+
+def test_red_light_unknown_signal_decides_nothing():
+    found = run([RED_LIGHT], {"a": moving(300, 100, 0, 100)}, 4.0, signal=lambda s, t: None)
+    assert found == []
+
+
+def test_red_light_vehicle_that_stops_over_the_line_is_a_stop_line_case_not_red_light():
+    def creep(t):
+        y = min(100 + 100 * t, 260)    # bottom edge stops at 320: 20 px past the line
+        return Det("car", 0.9, (300, y, 380, y + 60))
+    stop = StopLineRule.model_validate({"type": "stop_line", "line": [[0, 300], [640, 300]], "direction": "down",
+                                        "dwell": "2s"})
+    found = run([RED_LIGHT, stop], {"a": creep}, 8.0, signal=signal_red_from(1000.0))
+    assert [v.type for v in found] == ["stop_line"]
+    assert found[0].data["past_line_px"] == pytest.approx(20, abs=1)
+    assert found[0].t >= 1001.6 + 2.0
+
+
+def test_red_light_grace_after_the_change():
+    rule = RED_LIGHT.model_copy(update={"grace": 0.5})
+    assert run([rule], {"a": moving(300, 100, 0, 100)}, 4.0, signal=signal_red_from(1001.2)) == []
+    assert len(run([rule], {"a": moving(300, 100, 0, 100)}, 4.0, signal=signal_red_from(1000.8))) == 1
+
+
+def test_wrong_way_in_a_lane():
+    lane = WrongWayRule.model_validate({"type": "wrong_way", "zone": [[0, 0], [640, 0], [640, 480], [0, 480]],
+                                        "direction": "down", "min_distance": 60})
+    assert run([lane], {"ok": moving(100, 0, 0, 80)}, 5.0) == []
+    found = run([lane], {"bad": moving(300, 400, 0, -80)}, 5.0)
+    assert len(found) == 1 and found[0].type == "wrong_way" and found[0].data["against_px"] >= 60
+    assert found[0].shots[0].box[3] > found[0].shots[2].box[3]
+
+
+def test_illegal_parking_after_dwell_and_not_for_a_car_that_drives_through():
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "zone": [[200, 200], [500, 200],
+                                              [500, 400], [200, 400]], "dwell": "3s"})
+    parked = lambda t: Det("car", 0.9, (300 + (t % 0.2), 250, 380, 330))   # noqa: E731 - a jittery box
+    found = run([zone], {"parked": parked, "passing": moving(0, 260, 60, 0)}, 6.0)
+    assert [(v.type, v.track) for v in found] == [("illegal_parking", 1)]
+    assert found[0].t == pytest.approx(1003.0, abs=0.15) and found[0].data["dwell_s"] >= 3.0
+
+
+def test_illegal_parking_keeps_its_arrival_time_when_the_track_is_lost_behind_a_bus():
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "zone": [[200, 200], [500, 200],
+                                              [500, 400], [200, 400]], "dwell": "4s"})
+
+    def parked(t):
+        return None if 1.5 < t < 3.0 else Det("car", 0.9, (300, 250, 380, 330))   # hidden 1.5 s: new id after
+    found = run([zone], {"parked": parked}, 6.0)
+    assert len(found) == 1 and found[0].track == 2
+    assert found[0].t == pytest.approx(1004.0, abs=0.15)
+
+
+def test_zone_intrusion_by_a_person_not_by_a_car():
+    carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
+                                                    [640, 480], [0, 480]], "min_time": "1s"})
+    found = run([carriageway], {"walker": moving(100, 100, 0, 50, label="person", w=30, h=80),
+                                "car": moving(0, 300, 50, 0)}, 5.0)
+    assert [(v.type, v.label) for v in found] == [("zone_intrusion", "person")]
+    # bottom edge 180 at t=0 enters y=200 at 0.4 s; fires 1 s later
+    assert found[0].t == pytest.approx(1001.4, abs=0.15)
+
+
+def test_signal_board_history_gives_the_state_at_a_time_and_when_it_began():
+    board = SignalBoard()
+    for i, colour in enumerate(["green"] * 5 + ["yellow"] * 3 + ["red"] * 10):
+        board.feed("tsc-01", "phase2", colour, 100.0 + i * 0.2)
+    state = board(SIGNAL, 102.05)
+    assert state.colour == "red" and state.since == pytest.approx(101.6)
+    assert board(SIGNAL, 101.5).colour == "yellow"
+    assert board(SIGNAL, 99.0) is None                       # before anything was read
+    assert board(SIGNAL, 110.0) is None                      # the newest reading is too old (max_age 2 s)
+    board.feed("tsc-01", "phase2", "red", 110.0, "stale")
+    assert board(SIGNAL, 110.1) is None                      # the controller is offline: unknown
+
+
+def test_wrong_way_on_a_curved_lane_path():
+    # a turn lane: up the image, then left; driving it backwards (right, then down) is wrong way
+    lane = WrongWayRule.model_validate({"type": "wrong_way", "path": [[400, 470], [400, 200], [0, 200]],
+                                        "width": 80, "min_distance": 60, "anchor": "centre"})
+
+    def backwards(t):
+        x, y = 20 + 120 * t, 200.0
+        if x > 400:
+            x, y = 400.0, 200 + 120 * (t - 380 / 120)
+        return Det("car", 0.9, (x - 30, y - 25, x + 30, y + 25))
+
+    def forwards(t):
+        x, y = 400.0, 460 - 120 * t
+        if y < 200:
+            x, y = 400 - 120 * (t - 260 / 120), 200.0
+        return Det("car", 0.9, (x - 30, y - 25, x + 30, y + 25))
+    assert run([lane], {"ok": forwards}, 5.0) == []
+    found = run([lane], {"bad": backwards}, 5.0)
+    assert [v.type for v in found] == ["wrong_way"]

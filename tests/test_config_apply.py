@@ -1,0 +1,95 @@
+"""config.apply from the centre: validated, applied with a restart, rolled back by itself when the
+new config does not come up, and refused when invalid or when it touches keys kept for on site."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.agent_proc import AgentProcess, agent_config
+from tests.hardware_sim.modbus_sim import ModbusSim
+
+pytestmark = pytest.mark.timeout(90)
+
+GW, SITE = "gw-apply", "lab"
+KEY = b"k" * 32
+
+
+@pytest.fixture
+def running(tmp_path, broker, consumer_factory):
+    key_file = tmp_path / "command.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    with ModbusSim("air_monitor_rs485", units=[1, 2], tcp=("127.0.0.1", 0)).run_in_thread() as sim:
+        device = {"id": "aq-01", "driver": "modbus", "unit": 1, "profile": "air_monitor_rs485", "poll": "1s",
+                  "connection": {"type": "tcp", "host": "127.0.0.1", "port": sim.tcp_address[1], "timeout": "300ms"}}
+        config = agent_config(tmp_path, broker_port=broker.port, gateway=GW, site=SITE, devices=[device],
+                              commands={"key": {"file": str(key_file)}, "allow": ["config.apply"]})
+        centre = consumer_factory(gateway=GW, site=SITE)
+        agent = AgentProcess(config, tmp_path / "agent.log").start()
+        try:
+            agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 15)
+            yield centre, agent, config
+        finally:
+            agent.stop()
+
+
+def apply(centre, new_config: dict, **args):
+    request = centre.send_command("config.apply", {"yaml": yaml.safe_dump(new_config), **args}, key=KEY)
+    return request
+
+
+def result(centre, request, timeout=10.0):
+    centre.wait_for(lambda c: c.last("cmd_result", request["id"]), timeout)
+    return centre.last("cmd_result", request["id"]).body
+
+
+def test_valid_config_is_applied_after_a_restart(running):
+    centre, agent, config = running
+    new = yaml.safe_load(config.read_text())
+    second = dict(new["devices"][0], id="aq-02", unit=2)
+    new["devices"].append(second)
+    request = apply(centre, new)
+    answer = result(centre, request, 20)
+    assert answer["ok"] is True, answer
+    assert [d["id"] for d in centre.last("birth").body["devices"]] == ["aq-01", "aq-02"]
+    assert "aq-02" in config.read_text()
+    assert config.with_name(config.name + ".previous").exists()
+    centre.wait_for(lambda c: c.readings("aq-02", "pm25"), 10)
+    assert centre.invalid == []
+
+
+def test_config_that_cannot_reach_the_centre_is_rolled_back(running):
+    centre, agent, config = running
+    original = config.read_text()
+    new = yaml.safe_load(original)
+    new["uplink"]["mqtt"]["port"] = 1   # nothing listens there
+    request = apply(centre, new, deadline_s=5)
+    answer = result(centre, request, 40)
+    assert answer["ok"] is False and answer["error"]["code"] == "rolled_back", answer
+    assert "did not connect" in answer["error"]["message"]
+    assert config.read_text() == original
+
+
+def test_invalid_config_is_refused_and_nothing_changes(running):
+    centre, agent, config = running
+    original = config.read_text()
+    new = yaml.safe_load(original)
+    new["devices"][0]["unit"] = 0
+    answer = result(centre, apply(centre, new))
+    assert answer["ok"] is False and answer["error"]["code"] == "invalid_config"
+    assert "devices[0].unit" in answer["error"]["message"]
+    assert config.read_text() == original
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c["gateway"].update(id="gw-other"),
+    lambda c: c.update(commands={"allow": ["config.apply", "device.write"]}),
+    lambda c: c["agent"].update(state_dir="/tmp/elsewhere"),
+])
+def test_keys_kept_for_on_site_are_refused(running, change):
+    centre, agent, config = running
+    new = yaml.safe_load(config.read_text())
+    change(new)
+    answer = result(centre, apply(centre, new))
+    assert answer["ok"] is False and answer["error"]["code"] == "locked_keys"

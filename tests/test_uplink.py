@@ -1,0 +1,170 @@
+"""The MQTT uplink against real Mosquitto brokers: TLS, mutual TLS, an untrusted broker
+certificate, and the fallback to MQTT 3.1.1 when a broker refuses MQTT 5."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.config import Gateway, Mqtt
+from agent.model import Priority, now_ms
+from agent.outbox import Outbox
+from agent.uplink import MqttUplink
+from tests.hardware_sim.broker import BrokerTls, MosquittoBroker
+from tests.hardware_sim.certs import make_test_certs
+from tests.hardware_sim.consumer import Consumer
+
+pytestmark = pytest.mark.timeout(60)
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+
+GATEWAY = Gateway(id="gw-up", site="lab")
+
+
+def reading_body(value: float) -> dict:
+    return {"device": "aq-01", "readings": [{"p": "pm25", "v": value, "u": "ug/m3", "t": now_ms(), "q": "good"}]}
+
+
+async def run_uplink(tmp_path: Path, cfg: Mqtt, until, timeout: float = 10.0) -> MqttUplink:
+    """Run an uplink with one telemetry message in its outbox until ``until(uplink)`` or timeout."""
+    outbox = Outbox(tmp_path / "outbox.db", gateway_id=GATEWAY.id, max_bytes=1 << 20)
+    outbox.put(Priority.TELEMETRY, "citybrain/v1/lab/gw-up/telemetry/aq-01", reading_body(35.2))
+    outbox.flush()
+    uplink = MqttUplink(cfg, GATEWAY, outbox, birth=lambda: {"site": "lab", "agent": "test", "devices": []})
+    task = asyncio.create_task(uplink.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not until(uplink) and asyncio.get_running_loop().time() < deadline:
+            outbox.flush()
+            await asyncio.sleep(0.05)
+    finally:
+        await uplink.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        outbox.close()
+    return uplink
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI")
+    return make_test_certs(tmp_path_factory.mktemp("certs"))
+
+
+@needs_openssl
+def test_mutual_tls_delivers(tmp_path, certs):
+    tls = BrokerTls(certs["ca.crt"], certs["server.crt"], certs["server.key"], require_certificate=True)
+    with MosquittoBroker(tls=tls, workdir=tmp_path / "broker") as broker:
+        tls_client = {"cafile": str(certs["ca.crt"]), "certfile": str(certs["client.crt"]),
+                      "keyfile": str(certs["client.key"])}
+        with Consumer(broker.host, broker.tls_port, gateway=GATEWAY.id, **tls_client) as centre:
+            cfg = Mqtt.model_validate({"host": "127.0.0.1", "port": broker.tls_port, "tls": {
+                "ca_file": str(certs["ca.crt"]), "cert_file": str(certs["client.crt"]),
+                "key_file": str(certs["client.key"])}})
+            uplink = asyncio.run(run_uplink(tmp_path, cfg, lambda u: u.stats.acked >= 1))
+            assert uplink.stats.acked == 1 and uplink.stats.connects == 1
+            centre.wait_for(lambda c: c.readings("aq-01", "pm25"), 5)
+            assert centre.invalid == []
+
+
+@needs_openssl
+def test_tls_without_client_certificate_is_refused_by_a_mutual_tls_broker(tmp_path, certs):
+    tls = BrokerTls(certs["ca.crt"], certs["server.crt"], certs["server.key"], require_certificate=True)
+    with MosquittoBroker(tls=tls, workdir=tmp_path / "broker") as broker:
+        cfg = Mqtt.model_validate({"host": "127.0.0.1", "port": broker.tls_port,
+                                   "tls": {"ca_file": str(certs["ca.crt"])}})
+        uplink = asyncio.run(run_uplink(tmp_path, cfg, lambda u: u.stats.connect_failures >= 2, timeout=5))
+        assert uplink.stats.acked == 0 and uplink.stats.connects == 0
+        assert uplink.stats.last_error
+
+
+@needs_openssl
+def test_untrusted_broker_certificate_is_refused(tmp_path, certs):
+    other_ca = make_test_certs(tmp_path / "other", ca_name="someone-else")
+    tls = BrokerTls(certs["ca.crt"], certs["server.crt"], certs["server.key"])
+    with MosquittoBroker(tls=tls, workdir=tmp_path / "broker") as broker:
+        cfg = Mqtt.model_validate({"host": "127.0.0.1", "port": broker.tls_port,
+                                   "tls": {"ca_file": str(other_ca["ca.crt"])}})
+        uplink = asyncio.run(run_uplink(tmp_path, cfg, lambda u: u.stats.connect_failures >= 1, timeout=5))
+        assert uplink.stats.connects == 0
+        assert "certificate not trusted" in uplink.stats.last_error
+
+
+class RefuseMqtt5Proxy:
+    """A TCP proxy in front of Mosquitto that answers an MQTT 5 CONNECT the way a 3.1.1-only broker
+    does (CONNACK, return code 1: unacceptable protocol version) and passes 3.1.1 through."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        first = client.recv(4096)
+        # CONNECT: fixed header, remaining length, then "\x00\x04MQTT" and the protocol level
+        level_at = first.find(b"\x00\x04MQTT") + 6
+        if first[:1] == b"\x10" and level_at > 6 and first[level_at] == 5:
+            self.refused += 1
+            client.sendall(b"\x20\x02\x00\x01")
+            client.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        upstream.sendall(first)
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_falls_back_to_mqtt_311_when_the_broker_refuses_mqtt_5(tmp_path, broker, consumer_factory):
+    proxy = RefuseMqtt5Proxy(broker.port)
+    try:
+        centre = consumer_factory(gateway=GATEWAY.id)
+        cfg = Mqtt(host="127.0.0.1", port=proxy.port)
+        uplink = asyncio.run(run_uplink(tmp_path, cfg, lambda u: u.stats.acked >= 1))
+        assert proxy.refused == 1
+        assert uplink.stats.protocol == "3.1.1" and uplink.stats.acked == 1
+        centre.wait_for(lambda c: c.readings("aq-01", "pm25") and c.last("birth"), 5)
+        assert centre.invalid == []
+    finally:
+        proxy.close()
+
+
+def test_protocol_pinned_to_5_does_not_fall_back(tmp_path, broker):
+    proxy = RefuseMqtt5Proxy(broker.port)
+    try:
+        cfg = Mqtt(host="127.0.0.1", port=proxy.port, protocol="5")
+        uplink = asyncio.run(run_uplink(tmp_path, cfg, lambda u: u.stats.connect_failures >= 2, timeout=5))
+        assert uplink.stats.acked == 0 and proxy.refused >= 2
+    finally:
+        proxy.close()
