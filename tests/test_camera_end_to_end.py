@@ -72,10 +72,9 @@ def test_staged_red_light_arrives_with_evidence_whose_sha256_match(tmp_path, bro
                                         for e in c.events("cam-01", "evidence.clip")), 20)
         clip_event = next(e for e in consumer.events("cam-01", "evidence.clip") if e["data"]["event"] == event["id"])
         (clip,) = clip_event["evidence"]
-        consumer.wait_for(lambda c: clip["name"] in c.evidence(clip_event["id"]) or
-                          f"{clip['name']}.0" in c.evidence(clip_event["id"]), 15)
-        parts = consumer.evidence(clip_event["id"])
-        body = parts.get(clip["name"]) or b"".join(parts[f"{clip['name']}.{i}"] for i in range(clip.get("chunks", 1)))
+        consumer.wait_for(lambda c: c.evidence_file(clip_event["id"], clip) is not None, 15,
+                          what=f"every part of {clip['name']}")
+        body = consumer.evidence_file(clip_event["id"], clip)
         assert hashlib.sha256(body).hexdigest() == clip["sha256"]
         status = agent.status()["devices"]["cam-01"]["driver_stats"]
         assert status["commit_ms_p95"] is not None and status["commit_ms_p95"] < 1000

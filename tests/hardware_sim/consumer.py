@@ -316,6 +316,17 @@ class Consumer:
         prefix = event_id + "/"
         return {m.rest[len(prefix):]: m.body for m in self.messages("evidence") if m.rest.startswith(prefix)}
 
+    def evidence_file(self, event_id: str, entry: dict) -> bytes | None:
+        """One evidence file as listed in an event (``{"name", "chunks"?...}``), put back together
+        from its chunks ``{name}.0 … {name}.{chunks-1}`` when it was split; None until every
+        part has arrived."""
+        files = self.evidence(event_id)
+        name, chunks = entry["name"], entry.get("chunks")
+        if not chunks:
+            return files.get(name)
+        parts = [files.get(f"{name}.{i}") for i in range(chunks)]
+        return None if any(p is None for p in parts) else b"".join(parts)
+
     @property
     def invalid(self) -> list[Invalid]:
         with self._lock:
