@@ -37,6 +37,8 @@ command -v openssl >/dev/null || missing+=(openssl)   # TLS material for the tes
   || missing+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
                gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-rtsp)
 [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
+# The test suite also runs the signal-controller client against an SNMP agent nobody here wrote.
+[ "$dev" -eq 1 ] && [ ! -x /usr/sbin/snmpd ] && missing+=(snmpd)
 if ((${#missing[@]})); then
   say "installing system packages: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
