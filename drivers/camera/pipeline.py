@@ -197,7 +197,10 @@ class Pipeline:
 
 
 class EvidenceWorker:
-    """Builds evidence off the pipeline thread; clips once their last second has been recorded."""
+    """Builds evidence off the pipeline thread, on two threads of its own: one for the violation
+    record (stills, crop, plate), which the centre waits for, and one for clips, which are encoded
+    once their last second has been recorded. A clip taking a second to encode must never hold
+    back the next violation's record."""
 
     def __init__(self, name: str, options: Options, ring: ClipRing | None, post: Callable[[str, Any], None]):
         self.name = name
@@ -205,26 +208,37 @@ class EvidenceWorker:
         self.ring = ring
         self.post = post
         self.queue: queue.Queue[Violation] = queue.Queue(maxsize=64)
-        self.clips: list[tuple[float, int, Violation]] = []   # (due, key, violation)
+        self.clip_queue: queue.Queue[tuple[float, int, Violation]] = queue.Queue()
+        self.clips: list[tuple[float, int, Violation]] = []   # (due, key, violation): the clip thread's own
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._key = 0
         self.dropped = 0
         self.repeats = 0
         self.seen_plates: dict[tuple[str, str], float] = {}
         self.build_ms: deque = deque(maxlen=100)
+        self.wait_ms: deque = deque(maxlen=100)     # decided -> the stills thread took it up
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"evidence-{self.name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"evidence-{self.name}", daemon=True)]
+        if self.ring is not None:
+            self._threads.append(threading.Thread(target=self._run_clips, name=f"clips-{self.name}", daemon=True))
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self.clips:
-            log.warning("camera %s: %d clip(s) not finished at stop", self.name, len(self.clips))
+        for thread in self._threads:
+            thread.join(timeout)
+        if self.clips or not self.clip_queue.empty():
+            log.warning("camera %s: %d clip(s) not finished at stop", self.name,
+                        len(self.clips) + self.clip_queue.qsize())
+
+    @property
+    def busy(self) -> bool:
+        """Violations submitted whose record is not built yet (benches wait on this)."""
+        return self.queue.unfinished_tasks > 0
 
     def submit(self, violation: Violation) -> None:
         try:
@@ -237,14 +251,24 @@ class EvidenceWorker:
     def _run(self) -> None:
         if self.options.evidence.plate:
             from drivers.camera.evidence import PlateReader
-            PlateReader.engine()    # load the OCR now, not when the first violation waits for it
+            PlateReader.warm_up()    # load and run the OCR now, not when the first violation waits for it
         while not self._stop.is_set():
             try:
                 violation = self.queue.get(timeout=0.1)
             except queue.Empty:
-                violation = None
-            if violation is not None:
+                continue
+            try:
+                self.wait_ms.append(max(0.0, (time.time() - violation.decided) * 1000) if violation.decided else 0.0)
                 self._violation(violation)
+            finally:
+                self.queue.task_done()
+
+    def _run_clips(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.clips.append(self.clip_queue.get(timeout=0.1))
+            except queue.Empty:
+                pass
             self._due_clips()
 
     def _violation(self, violation: Violation) -> None:
@@ -277,8 +301,9 @@ class EvidenceWorker:
         if clip:
             built.data["clip"] = {"follows": True, "from": int((violation.t - ev.clip_before) * 1000),
                                   "to": int((violation.t + ev.clip_after) * 1000)}
-            self.clips.append((violation.t + ev.clip_after, self._key, violation))
         self.post("violation", (self._key, violation, built))
+        if clip:   # after the record: the clip's event names the violation's
+            self.clip_queue.put((violation.t + ev.clip_after, self._key, violation))
 
     def _due_clips(self) -> None:
         if not self.clips or self.ring is None:

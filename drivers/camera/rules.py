@@ -238,6 +238,18 @@ def _still_for(track: Track, now: float, seconds: float, still_px: float, at: fl
     return covered
 
 
+def _at_rest_since(track: Track, now: float, still_px: float, at: float = 1.0) -> float | None:
+    """The earliest time from which the track's anchor stayed within ``still_px`` of where it is
+    now (as far back as its history reaches), or None when it was elsewhere in the last frame."""
+    here = anchor(track.box, at)
+    since = None
+    for t, _, box in reversed(track.history):
+        if math.dist(anchor(box, at), here) > still_px:
+            break
+        since = t
+    return since
+
+
 class WrongWay(_RuleBase):
     """Inside the lane, `min_distance` back from the furthest point reached along its direction."""
 
@@ -314,12 +326,17 @@ class _Dwell(_RuleBase):
     seconds: float
     still_px: float | None = None
     label_kind = "dwell"
+    LOST_KEEP = 60.0        # seconds an ended track's clock waits to be found again (parking only)
+    JUMP_KEEP = 3.0         # the same for a box that left the zone
 
     def __init__(self, name: str, cfg: Any):
         super().__init__(name, cfg)
         self.entry: dict[int, _Obs] = {}
         self.half: dict[int, _Obs] = {}
-        self.ghosts: list[tuple[float, _Obs, _Obs | None]] = []   # ended tracks' entries, for re-found ones
+        # entries of tracks that ended or whose box left the zone, until they may be found again:
+        # (forget after, entry, half)
+        self.ghosts: list[tuple[float, _Obs, _Obs | None]] = []
+        self.last_t = 0.0
 
     def _stores(self) -> list[dict]:
         return [self.entry, self.half]
@@ -327,17 +344,17 @@ class _Dwell(_RuleBase):
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
         for track_id in ids:
-            if track_id in self.entry and track_id not in self.done:
+            if self.still_px is not None and track_id in self.entry and track_id not in self.done:
                 entry = self.entry[track_id]
-                self.ghosts.append((entry.t, entry, self.half.get(track_id)))
+                # a passing bus can hide a parked car for a while
+                self.ghosts.append((self.last_t + self.LOST_KEEP, entry, self.half.get(track_id)))
         super().forget(ids)
 
     def _adopt(self, obs: _Obs, now: float) -> tuple[_Obs, _Obs | None] | None:
         """A track that lost its id (occluded by a passing bus) comes back as a new one at the same
         place: it keeps its arrival time."""
         from drivers.camera.geometry import iou
-        keep = max(10.0, 2 * (self.still_px or 0))
-        self.ghosts = [g for g in self.ghosts if now - g[1].t < 60.0 + keep]
+        self.ghosts = [g for g in self.ghosts if now <= g[0]]
         for i, (_, entry, half) in enumerate(self.ghosts):
             if iou(entry.box, obs.box) > 0.5:
                 del self.ghosts[i]
@@ -346,13 +363,18 @@ class _Dwell(_RuleBase):
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
         out = []
+        self.last_t = frame.t
         for track in tracks:
             if track.last_t != frame.t or track.id in self.done or track.label not in self.cfg.classes:
                 continue
             obs = _obs(track, frame, self.cfg.anchor)
             if not inside(obs.p, self.cfg.zone):
-                self.entry.pop(track.id, None)
-                self.half.pop(track.id, None)
+                entry = self.entry.pop(track.id, None)
+                half = self.half.pop(track.id, None)
+                if entry is not None and self.still_px is not None:
+                    # a box that jumped (a car cut by the frame's edge, another one passing close)
+                    # may come back where it was: briefly, the clock is kept for it
+                    self.ghosts.append((frame.t + self.JUMP_KEEP, entry, half))
                 continue
             entry = self.entry.get(track.id)
             if entry is None:
@@ -365,9 +387,16 @@ class _Dwell(_RuleBase):
                     self.entry[track.id] = obs
                 continue
             if self.still_px is not None and math.dist(obs.p, entry.p) > self.still_px:
-                self.entry[track.id] = obs        # it moved: the clock starts again where it is now
+                # it moved: the clock starts again from when it came to rest where it is now. A car
+                # that rolls the last few pixels to a stop came to rest before it was that far
+                # from where the clock last started, and jitter would otherwise restart it later.
+                since = _at_rest_since(track, frame.t, self.still_px, self.cfg.anchor)
+                self.entry[track.id] = _Obs(max(since, track.history[0][0]) if since else frame.t,
+                                            obs.p, obs.box, obs.frame)
                 self.half.pop(track.id, None)
-                continue
+                entry = self.entry[track.id]
+                if frame.t - entry.t < self.seconds / 2:
+                    continue
             held = frame.t - entry.t
             if held >= self.seconds / 2 and track.id not in self.half:
                 self.half[track.id] = obs

@@ -111,7 +111,8 @@ class CameraRunner(Runner):
         while len(self.event_ids) > 200:
             self.event_ids.pop(next(iter(self.event_ids)))
         record = {"id": event_id, "type": violation.type, "track": violation.track, "plate": data.get("plate"),
-                  "t_violation": int(violation.t * 1000), "handed_ms": now_ms(), "committed_ms": None}
+                  "t_violation": int(violation.t * 1000), "decided_ms": int(violation.decided * 1000),
+                  "handed_ms": now_ms(), "committed_ms": None}
         self.recent.append(record)
         committed = getattr(self.sink, "committed", None)
         if committed is not None:
@@ -221,6 +222,7 @@ class CameraRunner(Runner):
             entry["tracks"] = len(self.pipeline.tracker.tracks)
             entry["unknown_signal"] = self.pipeline.rules.stats()["unknown_signal"]
             entry["evidence_ms_p95"] = _p95(self.pipeline.evidence.build_ms)
+            entry["evidence_wait_ms_p95"] = _p95(self.pipeline.evidence.wait_ms)
             entry["evidence_dropped"] = self.pipeline.evidence.dropped
         entry["commit_ms_p50"] = _p(self.commit_ms, 0.5)
         entry["commit_ms_p95"] = _p(self.commit_ms, 0.95)
