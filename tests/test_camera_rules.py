@@ -132,6 +132,43 @@ def test_illegal_parking_keeps_its_arrival_time_when_the_track_is_lost_behind_a_
     assert found[0].t == pytest.approx(1004.0, abs=0.15)
 
 
+PARKING_ZONE = [[200, 200], [500, 200], [500, 400], [200, 400]]
+
+
+def test_illegal_parking_clock_starts_when_the_car_came_within_still_px_of_where_it_rests():
+    """A car drives in, creeps the last 18 px to a stop, and its box jitters later on: the dwell
+    counts from when it came within ``still_px`` of where it rests (t=1), whatever the jitter."""
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "zone": PARKING_ZONE, "dwell": "10s",
+                                              "still_px": 20})
+
+    def rolling(t):
+        x = 182 + 100 * t if t < 1.0 else 282 + 18 * min(t - 1.0, 1.0)   # in fast, creeps, at rest from t=2
+        x += 6.0 if t > 11.0 and int(t * 10) % 2 else 0.0                  # the box jitters later on
+        return Det("car", 0.9, (x, 250, x + 80, 330))
+    found = run([zone], {"car": rolling}, 16.0)
+    assert len(found) == 1 and found[0].t == pytest.approx(1011.0, abs=0.25)
+
+
+def test_illegal_parking_keeps_its_clock_when_the_box_jumps_out_of_the_zone_for_a_moment():
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "dwell": "6s",
+                                              "zone": [[200, 200], [450, 200], [450, 400], [200, 400]]})
+
+    def parked(t):   # half a second of a box grown over a neighbour: its anchor is outside the zone
+        return Det("car", 0.9, (405, 250, 505, 330) if 3.0 < t < 3.5 else (380, 250, 460, 330))
+    found = run([zone], {"parked": parked}, 9.0)
+    assert len(found) == 1 and found[0].t == pytest.approx(1006.0, abs=0.15)
+
+
+def test_illegal_parking_a_car_hidden_long_after_it_parked_keeps_its_clock():
+    """How long a lost car's clock is kept counts from when it was lost, not from its arrival."""
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "zone": PARKING_ZONE, "dwell": "120s"})
+
+    def parked(t):
+        return None if 100.0 < t < 106.0 else Det("car", 0.9, (300, 250, 380, 330))
+    found = run([zone], {"parked": parked}, 122.0, fps=2.0)
+    assert len(found) == 1 and found[0].track == 2 and found[0].t == pytest.approx(1120.0, abs=0.6)
+
+
 def test_zone_intrusion_by_a_person_not_by_a_car():
     carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
                                                     [640, 480], [0, 480]], "min_time": "1s"})
