@@ -69,118 +69,6 @@ def junction_camera(junction: Junction | None = None, *, url: str = "rtsp://127.
     return entry
 
 
-class JunctionStream:
-    """The simulated junction served over RTSP: traffic (``tests/hardware_sim/traffic.py``) rendered
-    by ``junction.py`` into the simulator's GStreamer RTSP server (``rtsp_server.py``) in real time,
-    its signal plan in step with a signal controller simulator whose ``t0`` is given.
-
-    A stand-in with the API the camera simulator (``camera_sim.py``) is to offer: ``start() -> url``,
-    ``ground_truth()`` (records with ``wall``: epoch seconds of ``t_violation``), ``stop()``,
-    ``restart()`` (the RTSP server goes away and comes back on the same port), ``freeze``."""
-
-    def __init__(self, *, plan: Any = None, controller_t0: float | None = None, seed: int = 1,
-                 rates: Any = None, dwell: float = 10.0, flow: float | None = None, fps: int = 10,
-                 width: int = 1280, height: int = 720, port: int = 0):
-        from tests.hardware_sim.signal_controller import DEFAULT_PLAN
-        self.plan = plan or DEFAULT_PLAN
-        self.controller_t0 = controller_t0
-        self.seed, self.rates, self.dwell, self.flow, self.fps = seed, rates, dwell, flow, fps
-        self.width, self.height, self.port = width, height, port
-        self.freeze = False        # True: the server keeps the session but gets no frames
-        self.proc: Any = None
-        self.traffic: Any = None
-        self.wall_start = 0.0
-        self.frames = 0
-        self._thread: Any = None
-
-    def _serve(self) -> None:
-        import json as _json
-        import subprocess
-        self.proc = subprocess.Popen(
-            ["/usr/bin/python3", str(REPO / "tests" / "hardware_sim" / "rtsp_server.py"), "--port", str(self.port),
-             "--width", str(self.width), "--height", str(self.height), "--fps", str(self.fps)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        ready = _json.loads(self.proc.stdout.readline())
-        if ready.get("event") != "ready":
-            raise RuntimeError(f"RTSP server did not start: {ready}")
-        self.port, self.url = ready["port"], ready["url"]
-
-    def start(self) -> str:
-        import threading
-        from tests.hardware_sim.junction import JunctionRenderer
-        from tests.hardware_sim.traffic import TrafficModel
-        J = Junction(self.width, self.height)
-        self.wall_start = time.time()
-        offset = self.wall_start - self.controller_t0 if self.controller_t0 is not None else 0.0
-        kwargs = {"flow": self.flow} if self.flow is not None else {}
-        self.traffic = TrafficModel(J, seed=self.seed, plan=self.plan, plan_offset=offset, rates=self.rates,
-                                    dwell=self.dwell, **kwargs)
-        self.renderer = JunctionRenderer(J, seed=self.seed)
-        self._serve()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._feed, name="junction-stream", daemon=True)
-        self._thread.start()
-        return self.url
-
-    def _feed(self) -> None:
-        import struct
-
-        import cv2
-        period = 1.0 / self.fps
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            next_at += period
-            t = time.time() - self.wall_start
-            scene = self.traffic.step(t)
-            if not self.freeze:
-                image = self.renderer.render(scene)
-                yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420).tobytes()
-                proc = self.proc
-                try:
-                    proc.stdin.write(struct.pack(">cI", b"F", len(yuv)) + yuv)
-                    proc.stdin.flush()
-                    self.frames += 1
-                except (BrokenPipeError, ValueError, OSError, AttributeError):
-                    pass    # the server is being restarted
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
-            else:
-                next_at = time.monotonic()
-
-    def ground_truth(self) -> list[dict[str, Any]]:
-        return [{**r, "wall": self.wall_start + r["t_violation"]} for r in self.traffic.ground_truth()]
-
-    def _kill_server(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except Exception:   # noqa: BLE001
-                proc.kill()
-                proc.wait(5)
-            for pipe in (proc.stdin, proc.stdout):
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
-
-    def restart(self, down: float = 1.0) -> float:
-        """Stop the RTSP server, wait ``down`` seconds, start it again on the same port; returns
-        the time (epoch) it was serving again."""
-        self._kill_server()
-        time.sleep(down)
-        self._serve()
-        return time.time()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(5)
-        self._kill_server()
-
-
 def match(truth: list[dict[str, Any]], found: list[dict[str, Any]]) -> dict[str, Any]:
     """One-to-one matching by type and time (``t`` seconds on one clock): precision, recall, plates."""
     per_type: dict[str, dict[str, Any]] = {}
@@ -351,6 +239,7 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
 
     from tests.agent_proc import AgentProcess, agent_config
     from tests.hardware_sim.broker import MosquittoBroker
+    from tests.hardware_sim.camera_sim import CameraSim
     from tests.hardware_sim.consumer import Consumer
     from tests.hardware_sim.signal_controller import DEFAULT_PLAN, SignalControllerSim
     from tests.test_signal_controller import ntcip_entry
@@ -362,8 +251,8 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmp_name)
         broker = MosquittoBroker(workdir=tmp / "mosquitto").start()
         consumer = Consumer(broker.host, broker.port, gateway=gw).start()
-        static = JunctionStream(plan=DEFAULT_PLAN, controller_t0=controller.controller.t0, seed=args.seed,
-                                rates=0.0, flow=0.0)
+        static = CameraSim(plan=DEFAULT_PLAN, plan_epoch=controller.controller.t0, seed=args.seed,
+                           rates=0.0, flow=0.0)
         static.start()
         port = static.port
         signal = ntcip_entry(controller.snmp_address[1], poll="100ms")
@@ -389,8 +278,8 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
             stats = agent.status()["devices"]["cam-01"]["driver_stats"]
             out["static_detected"], out["static_gated"] = stats["detected"], stats["gated"]
             static.stop()
-            busy = JunctionStream(plan=DEFAULT_PLAN, controller_t0=controller.controller.t0, seed=args.seed,
-                                  rates=args.rates, dwell=args.dwell, port=port)
+            busy = CameraSim(plan=DEFAULT_PLAN, plan_epoch=controller.controller.t0, seed=args.seed,
+                             rates=args.rates, dwell=args.dwell, port=port)
             busy.start()
             agent.wait_status(lambda s: s["devices"]["cam-01"].get("online"), 30)
             commits: dict[str, dict[str, Any]] = {}
@@ -410,7 +299,8 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
             # recovery: the RTSP server goes away for a second and comes back on the same port
             recoveries = []
             for _ in range(args.restarts):
-                back = busy.restart(down=1.0)
+                busy.restart(downtime=1.0)
+                back = time.time()
                 agent.wait_status(lambda s: s["devices"]["cam-01"].get("online") is False, 15)
                 agent.wait_status(lambda s: s["devices"]["cam-01"].get("online"), 30)
                 recoveries.append(time.time() - back)
@@ -430,7 +320,8 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
             consumer.stop()
             broker.stop()
         end = time.time()
-        truth = [{**r, "t": r["wall"]} for r in (busy.ground_truth() if busy else []) if r["wall"] < end - 8]
+        truth = [{**r, "t": r["ts_violation"] / 1000} for r in (busy.ground_truth() if busy else [])
+                 if r["ts_violation"] / 1000 < end - 8]
         events = [e for e in consumer.events("cam-01") if e["type"].startswith("violation.")]
         found = [{"type": e["type"].split(".", 1)[1], "t": e["data"]["t_violation"] / 1000, "plate": e["data"].get("plate"),
                   "id": e["id"]} for e in events]

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from bench.camera import JunctionStream, junction_camera
+from bench.camera import junction_camera
 from tests.agent_proc import AgentProcess, agent_config
+from tests.hardware_sim.camera_sim import CameraSim
 from tests.hardware_sim.signal_controller import FAST_PLAN, SignalControllerSim
 from tests.test_signal_controller import ntcip_entry
 
@@ -26,14 +27,9 @@ GW = "gw-cam"
 @pytest.fixture
 def junction():
     with SignalControllerSim(FAST_PLAN, snmp=("127.0.0.1", 0)).run_in_thread() as controller:
-        stream = JunctionStream(plan=FAST_PLAN, controller_t0=controller.controller.t0, seed=3,
-                                rates={"red_light": 8.0, "illegal_parking": 0, "wrong_way": 0, "zone_intrusion": 0},
-                                flow=2.0)
-        stream.start()
-        try:
-            yield controller, stream
-        finally:
-            stream.stop()
+        with CameraSim(plan=FAST_PLAN, plan_epoch=controller.controller.t0, seed=3, flow=2.0,
+                       rates={"red_light": 8.0, "illegal_parking": 0, "wrong_way": 0, "zone_intrusion": 0}) as camera:
+            yield controller, camera
 
 
 def test_staged_red_light_arrives_with_evidence_whose_sha256_match(tmp_path, broker, consumer_factory, junction):
@@ -64,8 +60,8 @@ def test_staged_red_light_arrives_with_evidence_whose_sha256_match(tmp_path, bro
         assert data["signal"] == "red" and data["class"] in ("car", "bus", "truck")
         truth = [r for r in stream.ground_truth() if r["type"] == "red_light"]
         assert truth, "the simulator staged no red-light runner"
-        nearest = min(truth, key=lambda r: abs(r["wall"] * 1000 - data["t_violation"]))
-        assert abs(nearest["wall"] * 1000 - data["t_violation"]) < 1500
+        nearest = min(truth, key=lambda r: abs(r["ts_violation"] - data["t_violation"]))
+        assert abs(nearest["ts_violation"] - data["t_violation"]) < 1500
         assert data["plate"] == nearest["plate"]
         # the clip follows as its own event naming the violation
         consumer.wait_for(lambda c: any(e["data"].get("event") == event["id"]

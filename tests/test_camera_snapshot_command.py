@@ -10,8 +10,9 @@ import sys
 import pytest
 import yaml
 
-from bench.camera import JunctionStream, junction_camera
+from bench.camera import junction_camera
 from tests.agent_proc import REPO, AgentProcess, agent_config
+from tests.hardware_sim.camera_sim import CameraSim
 from tests.hardware_sim.signal_controller import FAST_PLAN
 
 pytestmark = pytest.mark.timeout(90)
@@ -22,13 +23,8 @@ KEY = b"snap-key-0123456789abcdef0123456"
 
 @pytest.fixture
 def stream():
-    junction = JunctionStream(plan=FAST_PLAN, seed=5, rates={"red_light": 0, "illegal_parking": 0,
-                                                             "wrong_way": 0, "zone_intrusion": 0}, flow=0.5)
-    junction.start()
-    try:
-        yield junction
-    finally:
-        junction.stop()
+    with CameraSim(plan=FAST_PLAN, seed=5, rates=0, flow=0.5) as camera:
+        yield camera
 
 
 def test_camera_snapshot_through_the_evidence_path(tmp_path, broker, consumer_factory, stream):
