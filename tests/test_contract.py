@@ -38,7 +38,12 @@ VALID: dict[str, list[dict[str, Any]]] = {
              "points": [{"name": "pm25", "unit": "ug/m3", "type": "number", "writable": False},
                         {"name": "fan", "unit": None, "type": "bool", "writable": True}]},
             {"id": "cam-01", "kind": "camera", "driver": "rtsp", "points": [], "model": "vehicles"},
-        ]}],
+        ]},
+        # additive: the gateway's and devices' names and the boot id (agent/status.py birth())
+        {**COMMON, "site": "hz-xihu", "name": "Xihu junction 12", "location": None, "agent": "0.1.0",
+         "boot": "e0c44c10aa0e", "devices": [{"id": "aq-01", "kind": "air_monitor", "driver": "modbus",
+                                              "name": None, "location": None, "points": []}]},
+    ],
     "telemetry": [
         json.loads(CONTRACT_TELEMETRY),
         {**COMMON, "hist": True, "device": "fp-01", "readings": [
@@ -52,6 +57,11 @@ VALID: dict[str, list[dict[str, Any]]] = {
         {**json.loads(CONTRACT_EVENT), "evidence": [{"name": "0.jpg", "sha256": JPEG_SHA, "bytes": 48211}]},
         {**COMMON, "id": "gw-01-8", "device": "fp-01", "type": "fire.alarm", "severity": "critical",
          "data": {"zone": 3}, "t": TS - 5},
+        # additive: evidence media type, and chunks for a file split over the size limit (agent/app.py)
+        {**COMMON, "id": "gw-01-88", "device": "cam-01", "type": "evidence.clip", "severity": "info",
+         "data": {"event": "gw-01-87"}, "evidence": [
+             {"name": "0.jpg", "sha256": JPEG_SHA, "bytes": 48211, "type": "image/jpeg"},
+             {"name": "clip.mp4", "sha256": JPEG_SHA, "bytes": 600000, "type": "video/mp4", "chunks": 3}]},
     ],
     "metrics": [
         {**COMMON, "cpu": 12.5, "memory": {"pct": 40, "used": 100}, "disk": 71,
@@ -60,11 +70,23 @@ VALID: dict[str, list[dict[str, Any]]] = {
          "uplink": {"connected": True}, "inference": {"cam-01": {"p50_ms": 41}}},
         {**COMMON, "cpu": 1, "memory": 2, "disk": 3, "devices": {},
          "buffer": {"depth": 5, "bytes": 900, "oldest_age_s": 3.5, "evictions": {"2": 4, "3": 10}}},
+        # the shape agent/status.py metrics() and agent/health.py send (additive figures)
+        {**COMMON, "commands": {"received": 3, "executed": 2, "succeeded": 1, "failed": 1, "answered_refusals": 1,
+                                "unanswered": 0, "last_from_centre_ms": TS, "refused": {"expired": 1}},
+         "cpu": {"agent_percent": 2.3, "system_percent": 41.0, "cores": 4},
+         "memory": {"agent_rss_bytes": 111861760, "system_used_percent": 8.4},
+         "disk": {"path": "/var/lib/edge-agent", "free_bytes": 83582820352, "used_percent": 23.3},
+         "buffer": {"depth": 0, "bytes": 0, "oldest_age_s": None, "write_errors": 0,
+                    "evictions": {"life_safety": 0, "alarm": 0, "telemetry": 0, "bulk": 0}},
+         "uplink": {"state": "connected", "connects": 1, "published": 40, "acked": 40, "rejected": 0},
+         "devices": {"aq-01": {"online": True, "errors": 0, "last_read_ms": TS, "readings": 195}}},
     ],
     "cmd_result": [
         {**COMMON, "id": "r1", "ok": True, "result": {"phase": 2}},
         {**COMMON, "id": "r2", "ok": True, "result": None},
         {**COMMON, "id": "r3", "ok": False, "error": "expired"},
+        # additive: the {code, message} object the agent sends (agent/commands.py)
+        {**COMMON, "id": "r4", "ok": False, "error": {"code": "bad_args", "message": "value: Field required"}},
     ],
     "cmd_request": [
         {"id": "r1", "ts": TS, "expires": TS + 60_000, "args": {"phase": 2, "seconds": 20}, "sig": "ab" * 32},
@@ -135,6 +157,28 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
     ("unsigned request", "cmd_request", broken("cmd_request", sig=...), "'sig' is a required property"),
     ("request args a list", "cmd_request", broken("cmd_request", args=[1]), "args: [1] is not of type 'object'"),
     ("not an object", "state", [1, 2], "is not of type 'object'"),  # type: ignore[list-item]
+    # the additive fields, with a wrong type
+    ("error code a number", "cmd_result", broken("cmd_result", 3, error={"code": 5, "message": "x"}), "error:"),
+    ("error without message", "cmd_result", broken("cmd_result", 3, error={"code": "expired"}), "error:"),
+    ("error code with spaces", "cmd_result", broken("cmd_result", 3, error={"code": "bad args", "message": "x"}),
+     "error:"),
+    ("evidence chunks a string", "event",
+     broken("event", 2, evidence=[{"name": "clip.mp4", "sha256": JPEG_SHA, "bytes": 9, "chunks": "3"}]),
+     "evidence[0].chunks: '3' is not of type 'integer'"),
+    ("evidence type a number", "event",
+     broken("event", 2, evidence=[{"name": "0.jpg", "sha256": JPEG_SHA, "bytes": 9, "type": 1}]),
+     "evidence[0].type: 1 is not of type 'string'"),
+    ("metrics commands count a string", "metrics",
+     broken("metrics", 2, commands={"received": "3"}), "commands.received: '3' is not of type 'integer'"),
+    ("metrics write_errors negative", "metrics",
+     broken("metrics", 2, buffer={"depth": 0, "bytes": 0, "oldest_age_s": None, "evictions": 0, "write_errors": -1}),
+     "buffer.write_errors"),
+    ("metrics device readings a string", "metrics",
+     broken("metrics", 2, devices={"aq-01": {"online": True, "errors": 0, "readings": "195"}}),
+     "devices.aq-01.readings"),
+    ("metrics cores a string", "metrics", broken("metrics", 2, cpu={"cores": "4"}), "cpu:"),
+    ("birth name a number", "birth", broken("birth", 1, name=12), "name: 12 is not of type"),
+    ("birth boot empty", "birth", broken("birth", 1, boot=""), "boot:"),
 ]
 
 
