@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agent import config_apply
 from agent.commands import DEFERRED, CommandContext, Refused, command
 from agent.model import Event, EvidenceFile
+from drivers.base import DeviceError
 
 if TYPE_CHECKING:
     from agent.app import Agent
@@ -55,7 +56,7 @@ async def device_read(agent: "Agent", args: dict[str, Any], ctx: CommandContext)
         raise Refused("unknown_point", str(exc).strip("'\"")) from None
     except NotImplementedError as exc:
         raise Refused("unsupported", str(exc)) from None
-    except (OSError, TimeoutError, ConnectionError) as exc:
+    except (DeviceError, OSError, TimeoutError, ConnectionError) as exc:
         raise Refused("device_error", str(exc) or exc.__class__.__name__) from None
     return reading.to_wire()
 
@@ -77,7 +78,7 @@ async def device_write(agent: "Agent", args: dict[str, Any], ctx: CommandContext
         raise Refused("bad_value", str(exc)) from None
     except NotImplementedError as exc:
         raise Refused("unsupported", str(exc)) from None
-    except (OSError, TimeoutError, ConnectionError) as exc:
+    except (DeviceError, OSError, TimeoutError, ConnectionError) as exc:
         raise Refused("device_error", str(exc) or exc.__class__.__name__) from None
     return {"device": a.device, "point": a.point, "value": a.value}
 

@@ -243,7 +243,8 @@ class CommandChannel:
         rule = self.cfg.rule(name)
         if rule is None:
             raise Refused("not_allowed", f"{name} is not allowed by this gateway's config")
-        device = request["args"].get("device")
+        # the device a command acts on: `device`, or `camera` for camera.snapshot
+        device = request["args"].get("device", request["args"].get("camera"))
         if rule.devices is not None and device not in rule.devices:
             raise Refused("not_allowed", f"{name} is not allowed on device {device!r}")
         point = request["args"].get("point")

@@ -153,7 +153,8 @@ class AlarmRule(Strict):
     for_: Duration = Field(default=0.0, alias="for")
     clear: float | None = None
     severity: Literal["critical", "major", "minor", "info"] = "major"
-    type: str | None = Field(default=None, pattern=r"^[a-z0-9_.]{1,64}$")   # default: threshold.<point>
+    # default: threshold.<point>; at most 56 characters so that "<type>.cleared" fits the contract's 64
+    type: str | None = Field(default=None, pattern=r"^[a-z0-9_.]{1,56}$")
 
     @model_validator(mode="after")
     def _one_condition(self) -> "AlarmRule":

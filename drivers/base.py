@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from agent.model import DeviceSink, Reading, Value
 
 
+class DeviceError(Exception):
+    """A device (or the link to it) failed a read or write asked of it: no answer, link down, or
+    an error answer. Drivers raise subclasses of it from ``read_point``/``write_point`` so that
+    the command handlers answer the centre with ``device_error`` whatever the family."""
+
+
 @dataclass(frozen=True, slots=True)
 class PointInfo:
     """A point as the birth message describes it to the centre."""

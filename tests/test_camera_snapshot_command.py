@@ -32,7 +32,7 @@ def test_camera_snapshot_through_the_evidence_path(tmp_path, broker, consumer_fa
     key_file.write_bytes(KEY)
     key_file.chmod(0o600)
     config = agent_config(tmp_path, broker_port=broker.port, gateway=GW, site=SITE, devices=[],
-                          commands={"key": {"file": str(key_file)}, "allow": ["camera.snapshot"]})
+                          commands={"key": {"file": str(key_file)}, "allow": [{"command": "camera.snapshot", "devices": ["cam-01"]}]})
     settings = yaml.safe_load(config.read_text())
     camera = junction_camera(url=stream.url, signal_device="tsc-01")
     camera.pop("signal")   # no signal controller here: the snapshot needs only the stream
@@ -51,6 +51,9 @@ def test_camera_snapshot_through_the_evidence_path(tmp_path, broker, consumer_fa
         image = centre.evidence(event_id)["snapshot.jpg"]
         assert image[:2] == b"\xff\xd8" and hashlib.sha256(image).hexdigest() == result["result"]["sha256"]
         [event] = [e for e in centre.events("cam-01", "camera.snapshot") if e["id"] == event_id]
+        other = centre.send_command("camera.snapshot", {"camera": "cam-02"}, key=KEY)   # not in the rule
+        centre.wait_for(lambda c: c.last("cmd_result", other["id"]), 10)
+        assert centre.last("cmd_result", other["id"]).body["error"]["code"] == "not_allowed"
         assert event["evidence"][0]["sha256"] == result["result"]["sha256"]
     # the technician's tool on the same config, the agent stopped
     out = tmp_path / "cam.jpg"

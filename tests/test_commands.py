@@ -81,6 +81,19 @@ def test_requests_refused_with_a_reason(setup, name, args, code):
     assert (sim.values(1)["fan_on"], sim.values(2)["fan_on"]) == before
 
 
+def test_a_device_answering_with_an_exception_or_not_at_all_is_a_device_error(setup):
+    """Whatever the driver's own exception for it, the centre gets ``device_error`` and the reason."""
+    sim, centre, _, _ = setup
+    sim.set_fault(2, "exception", code=2)           # illegal data address
+    refused = result_of(centre, centre.send_command("device.read", {"device": "aq-02", "point": "pm25"}, key=KEY))
+    assert refused["ok"] is False and refused["error"]["code"] == "device_error", refused
+    assert "illegal data address" in refused["error"]["message"].lower(), refused
+    sim.set_fault(2, "no_answer")
+    silent = result_of(centre, centre.send_command("device.read", {"device": "aq-02", "point": "pm25"}, key=KEY))
+    assert silent["ok"] is False and silent["error"]["code"] == "device_error", silent
+    assert centre.invalid == []
+
+
 def test_junk_is_refused_and_never_reaches_a_device(setup):
     sim, centre, agent, _ = setup
     write = {"device": "aq-01", "point": "fan_on", "value": False}

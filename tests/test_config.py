@@ -169,6 +169,14 @@ def test_alarm_on_an_unknown_point(tmp_path):
     assert load_config(write(tmp_path, GOOD + "    alarms: [{point: pm25, above: 75, for: 1h}]\n")).devices[0].alarms
 
 
+def test_alarm_type_leaves_room_for_its_cleared_event(tmp_path):
+    """``<type>.cleared`` must fit the contract's 64-character event type."""
+    long_type = "a" * 57
+    [problem] = problems(write(tmp_path, GOOD + f"    alarms: [{{point: pm25, above: 75, type: {long_type}}}]\n"))
+    assert "devices[0].alarms[0].type" in problem
+    assert load_config(write(tmp_path, GOOD + f"    alarms: [{{point: pm25, above: 75, type: {'a' * 56}}}]\n"))
+
+
 def test_run_refuses_a_world_readable_secret_clearly(tmp_path):
     secret = tmp_path / "pw"
     secret.write_text("s3cret")

@@ -37,7 +37,7 @@ from pymodbus.pdu import ModbusPDU
 
 from agent.config import DeviceConfig
 from agent.model import DeviceSink, Reading, Value, now_ms
-from drivers.base import Runner
+from drivers.base import DeviceError, Runner
 from drivers.modbus import codec
 from drivers.modbus.device import Backoffs, Device
 from drivers.modbus.options import Backoff, Options, RtuConnection, TcpConnection
@@ -69,7 +69,7 @@ if not any(isinstance(f, _DropPerRequestTimeouts) for f in _PYMODBUS_LOG.filters
     _PYMODBUS_LOG.addFilter(_DropPerRequestTimeouts())
 
 
-class CommandError(Exception):
+class CommandError(DeviceError):
     """A request could not be completed; the message is for a technician."""
 
 

@@ -3,8 +3,10 @@ centre's operator (they end up in command results)."""
 
 from __future__ import annotations
 
+from drivers.base import DeviceError
 
-class SignalError(Exception):
+
+class SignalError(DeviceError):
     """Base of this bridge's errors."""
 
 
