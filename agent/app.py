@@ -160,7 +160,11 @@ class Agent:
                                 "severity": event.severity, "data": event.data}
         if evidence:
             body["evidence"] = evidence
-        self.outbox.put(priority, self.topic(f"event/{device_id}"), body, ts_ms=event.t)
+        if event.t is not None:
+            # the contract's ts is when the message was produced; when it happened goes in t
+            # (a violation's clip follows seconds later, a panel reports an alarm it buffered)
+            body["t"] = event.t
+        self.outbox.put(priority, self.topic(f"event/{device_id}"), body)
         log.info("event %s %s on %s", event.severity, event.type, device_id)
         if priority == Priority.LIFE_SAFETY:
             # a fire alarm does not wait for the next group commit, and the caller must know

@@ -93,10 +93,18 @@ def snapshot(agent: "Agent") -> dict[str, Any]:
     }
 
 
+INFERENCE_FIGURES = ("infer_ms_p50", "infer_ms_p95", "frame_ms_p95", "fps", "commit_ms_p95")
+
+
 def metrics(agent: "Agent") -> dict[str, Any]:
     """The body of a metrics message: the gateway's health and the snapshot's main figures."""
     snap = snapshot(agent)
     extra = {"commands": snap["commands"]} if "commands" in snap else {}
+    # the contract's "inference latency": per camera, from its driver's figures
+    inference = {d: {k: s["driver_stats"].get(k) for k in INFERENCE_FIGURES}
+                 for d, s in snap["devices"].items() if "infer_ms_p50" in (s.get("driver_stats") or {})}
+    if inference:
+        extra["inference"] = inference
     return {
         **extra,
         **agent.health.sample(),

@@ -74,4 +74,9 @@ def test_staged_red_light_arrives_with_evidence_whose_sha256_match(tmp_path, bro
         assert hashlib.sha256(body).hexdigest() == clip["sha256"]
         status = agent.status()["devices"]["cam-01"]["driver_stats"]
         assert status["commit_ms_p95"] is not None and status["commit_ms_p95"] < 1000
+        # the contract's inference latency, on the metrics topic (every 5 s here)
+        consumer.wait_for(lambda c: c.last("metrics") and c.last("metrics").body.get("inference", {})
+                          .get("cam-01", {}).get("commit_ms_p95") is not None, 10)
+        inference = consumer.last("metrics").body["inference"]["cam-01"]
+        assert 0 < inference["infer_ms_p50"] <= inference["infer_ms_p95"] and inference["fps"] > 1
     assert consumer.invalid == [], consumer.invalid
