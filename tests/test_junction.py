@@ -113,6 +113,28 @@ def test_boxes_and_plates(J, renderer):
     assert renderer.plate_box(sb)[3] > sb.y
 
 
+@pytest.mark.parametrize("x,y,size", [(300.0, 280.0, 1.0), (700.0, 650.0, 1.0), (900.0, 180.0, 1.2),
+                                      (500.0, 420.0, 0.6)])
+def test_pedestrian_is_drawn_inside_its_box(J, x, y, size):
+    """The figure the renderer draws and the box it labels it with come from one size: the
+    figure fills its box (its shadow on the ground is not part of it)."""
+    clean = JunctionRenderer(J, seed=1, noise=False)
+    empty = clean.render(Scene(t=0.0))
+    ped = Pedestrian(id=4, x=x, y=y, size=size)
+    img = clean.render(Scene(t=0.0, pedestrians=[ped]))
+    x1, y1, x2, y2 = clean.pedestrian_box(ped)
+    changed = np.abs(img.astype(int) - empty.astype(int)).sum(axis=2) > 30
+    shadow = (np.abs(img.astype(int) - (35, 35, 38)).sum(axis=2) < 12)
+    ys, xs = np.nonzero(changed & ~shadow)
+    assert len(xs) > 20
+    assert xs.min() >= x1 - 1.5 and xs.max() <= x2 + 1.5 and ys.min() >= y1 - 1.5 and ys.max() <= y2 + 1.5
+    # ... and fills it: the drawn figure reaches (nearly) every side of the box
+    assert xs.min() <= x1 + 0.25 * (x2 - x1) and xs.max() >= x2 - 0.25 * (x2 - x1) - 1
+    assert ys.min() <= y1 + 0.05 * (y2 - y1) + 1 and ys.max() >= y2 - 0.05 * (y2 - y1) - 1
+    boxes = clean.boxes(Scene(t=0.0, pedestrians=[ped]))
+    assert boxes == [("person", x1, y1, x2, y2)]
+
+
 def test_render_speed(J, renderer):
     scene = demo_scene(J, seed=11)
     assert len(scene.vehicles) >= 8

@@ -80,6 +80,7 @@ class Pedestrian:
     id: int
     x: float                       # feet, px
     y: float
+    size: float = 1.0              # height relative to an adult at that row (0.6 a child)
 
 
 @dataclass
@@ -559,11 +560,14 @@ class JunctionRenderer:
         patch = cv2.resize(_plate_patch(text), (w, h), interpolation=cv2.INTER_AREA)
         img[cy0:cy1, cx0:cx1] = patch[cy0 - Y1:cy1 - Y1, cx0 - X1:cx1 - X1]
 
+    def _pedestrian_size(self, p: Pedestrian) -> tuple[float, float]:
+        """(height, width) in pixels of a pedestrian's figure at its row: the one place both
+        ``_draw_pedestrian`` and ``pedestrian_box`` take them from."""
+        s = self.junction.scale(p.y) * self.junction.sx * p.size
+        return 95 * s, 26 * s
+
     def _draw_pedestrian(self, img: np.ndarray, p: Pedestrian) -> None:
-        J = self.junction
-        s = J.scale(p.y) * J.sx
-        h = 95 * s
-        w = 26 * s
+        h, w = self._pedestrian_size(p)
         r = random.Random(p.id * 7919 + self.seed)
         shirt = (r.randint(20, 230), r.randint(20, 230), r.randint(20, 230))
         trousers = (r.randint(20, 90),) * 3
@@ -576,8 +580,9 @@ class JunctionRenderer:
         cv2.circle(img, (int(x), int(y - h * 0.9)), max(1, int(w * 0.28)), (120, 150, 185), -1, cv2.LINE_AA)
 
     def pedestrian_box(self, p: Pedestrian) -> tuple[float, float, float, float]:
-        s = self.junction.scale(p.y) * self.junction.sx
-        h, w = 95 * s, 26 * s
+        """The figure's box in frame pixels (shoulders to feet wide, top of the head to the feet;
+        not its shadow), from the same size ``_draw_pedestrian`` draws it at."""
+        h, w = self._pedestrian_size(p)
         return (p.x - w * 0.5, p.y - h * 0.9 - w * 0.28, p.x + w * 0.5, p.y)
 
     def render(self, scene: Scene) -> np.ndarray:
