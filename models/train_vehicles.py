@@ -1,4 +1,4 @@
-"""Train the shipped vehicle detector on synthetic junction scenes, export it to ONNX, measure it.
+"""Train the shipped vehicle (and person) detector on synthetic junction scenes, export it to ONNX, measure it.
 
     .venv/bin/pip install torch==2.13.0        # training only; never a runtime dependency
     .venv/bin/python -m models.train_vehicles  # writes models/vehicles/{vehicles.onnx,manifest.yaml}
@@ -7,12 +7,13 @@ What it does, deterministically (fixed seeds, torch limited to 2 threads):
 
 1. renders training scenes with ``tests/hardware_sim/junction.py`` (the renderer of the simulated
    intersection camera): random cars, buses and trucks on the lanes and anywhere on the road at
-   random headings, random colours and plates, pedestrians as distractors, lighting from dusk to
-   glare, sensor noise, and a different background seed per group of scenes;
+   random headings, random colours and plates, pedestrians (labelled ``person``) on the zebra
+   crossing, on the carriageway, at the kerb and on the pavements, adults and children, lighting
+   from dusk to glare, sensor noise, and a different background seed per group of scenes;
 2. trains a small anchor-free single-stage detector (a plain CNN, an FPN over strides 8/16/32 and a
    shared head predicting class scores and left/top/right/bottom distances) with PyTorch on CPU;
-3. exports it to ONNX (opset 17) in the **yolov8** layout: one output ``(1, 4 + 3, N)`` of
-   cx, cy, w, h in input pixels and sigmoid class scores;
+3. exports it to ONNX (opset 17) in the **yolov8** layout: one output ``(1, 4 + 4, N)`` of
+   cx, cy, w, h in input pixels and sigmoid scores of car, bus, truck, person;
 4. evaluates the exported file through ``models.runtime.Detector`` on held-out scenes rendered
    with other seeds (AP@0.5 per class, mAP@0.5, precision and recall at the manifest's threshold)
    and writes the manifest with the figures and the file's sha256.
@@ -40,10 +41,11 @@ if str(ROOT) not in sys.path:
 
 from models.letterbox import letterbox  # noqa: E402
 from tests.hardware_sim.junction import (  # noqa: E402
-    VEHICLE_CLASSES, Junction, JunctionRenderer, Pedestrian, Scene, Vehicle, make_vehicle)
+    PERSON, VEHICLE_CLASSES, Junction, JunctionRenderer, Pedestrian, Scene, Vehicle, make_vehicle)
 
-LABELS = list(VEHICLE_CLASSES)          # car, bus, truck
-INPUT_W, INPUT_H = 384, 224             # a 16:9 frame letterboxes to 384 x 216 (+4 px top and bottom)
+VEHICLES = list(VEHICLE_CLASSES)        # car, bus, truck
+LABELS = [*VEHICLES, PERSON]            # car, bus, truck, person: the model's class order
+INPUT_W, INPUT_H = 512, 288             # a 16:9 frame letterboxes to exactly 512 x 288
 STRIDES = (8, 16, 32)
 OUT_DIR = HERE / "vehicles"
 SCORE_THRESHOLD = 0.5                   # replaced by the calibrated one (best F1 on validation scenes)
@@ -56,7 +58,8 @@ TRAINED_ON = "synthetic junction scenes from tests/hardware_sim/junction.py"
 
 def random_scene(J: Junction, rng: random.Random, t: float) -> Scene:
     """Random traffic: vehicles on the lanes (mostly) and anywhere on the road at any heading,
-    without heavy overlap (a vehicle at most ~40% hidden), pedestrians, random light."""
+    without heavy overlap (a vehicle at most ~40% hidden), pedestrians (``random_pedestrians``),
+    random light."""
     vehicles: list[Vehicle] = []
     boxes: list[tuple[float, float, float, float]] = []
     renderer_geom = _GEOM
@@ -66,7 +69,7 @@ def random_scene(J: Junction, rng: random.Random, t: float) -> Scene:
     tries = 0
     while len(vehicles) < n and tries < n * 12:
         tries += 1
-        cls = rng.choices(LABELS, weights=(0.6, 0.2, 0.2))[0]
+        cls = rng.choices(VEHICLES, weights=(0.6, 0.2, 0.2))[0]
         if rng.random() < 0.7:
             lane = rng.choice(lanes)
             x, y, heading = J.lane_point(lane, rng.random())
@@ -81,29 +84,87 @@ def random_scene(J: Junction, rng: random.Random, t: float) -> Scene:
         b = renderer_geom.vehicle_box(v)
         if b[2] < 0 or b[0] > J.width or b[3] < 0 or b[1] > J.height:
             continue
-        area = (b[2] - b[0]) * (b[3] - b[1])
-        ok = True
-        for o in boxes:
-            iw = min(b[2], o[2]) - max(b[0], o[0])
-            ih = min(b[3], o[3]) - max(b[1], o[1])
-            if iw > 0 and ih > 0:
-                inter = iw * ih
-                if inter > 0.4 * min(area, (o[2] - o[0]) * (o[3] - o[1])):
-                    ok = False
-                    break
-        if ok:
+        if all(_overlap(b, o) <= 0.4 for o in boxes):
             vehicles.append(v)
             boxes.append(b)
-    peds = []
-    for k in range(rng.choice([0, 0, 1, 2, 3, 5])):
-        if rng.random() < 0.6:
-            px, py = J._p(rng.uniform(-450, 800), 270)[0], rng.uniform(250, 292) * J.sy
-        else:
-            px, py = rng.uniform(0, J.width), rng.uniform(J.Y_SOUTH * J.sy, J.height)
-        peds.append(Pedestrian(id=k, x=px, y=py))
+    peds = random_pedestrians(J, rng, vehicles, boxes)
     light = rng.choice([rng.uniform(0.45, 0.8), rng.uniform(0.8, 1.1), rng.uniform(0.8, 1.1), rng.uniform(1.1, 1.3)])
     signal = {J.approach_phase: rng.choice(["red", "yellow", "green"])}
     return Scene(t=t, signal=signal, vehicles=vehicles, pedestrians=peds, light=light)
+
+
+def _overlap(a, b) -> float:
+    """Intersection of two boxes over the smaller one's area."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return iw * ih / max(min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])), 1e-6)
+
+
+def _person_spot(J: Junction, rng: random.Random, road: np.ndarray) -> tuple[float, float]:
+    """Where a pedestrian's feet are (frame px): on the zebra crossing, anywhere on the carriageway
+    (the south arm, the junction box, the cross street, the north arm), at the kerb (a step either
+    side of the carriageway's edge: the camera's ``zone_intrusion`` case), or on the pavements."""
+    k = rng.random()
+    if k < 0.3:                                           # on the zebra crossing, or just off its ends
+        y = rng.uniform(J.Y_ZEBRA[0] - 5, J.Y_ZEBRA[1] + 8)
+        return J._p(rng.uniform(J.u_sb[0] - 120, J.u_shoulder[1] + 120), y)[0], y * J.sy
+    if k < 0.65:                                          # anywhere on the carriageway
+        while True:
+            x, y = rng.uniform(0, J.width), rng.uniform(0.08 * J.height, J.height + 20)
+            if cv2.pointPolygonTest(road, (x, min(y, J.height - 1)), False) >= 0:
+                return x, y
+    if k < 0.85:                                          # at the kerb: up to ~3.5 m either side of the edge
+        pts = [road[i] for i in range(len(road))]
+        edges = [(pts[i], pts[(i + 1) % len(pts)]) for i in range(len(pts))]
+        weights = [float(np.hypot(*(b - a))) for a, b in edges]
+        while True:
+            a, b = rng.choices(edges, weights=weights)[0]
+            q = a + (b - a) * rng.uniform(0.02, 0.98)
+            n = np.array([b[1] - a[1], a[0] - b[0]]) / max(float(np.hypot(*(b - a))), 1e-6)
+            ppm = J.PX_PER_M * J.scale(float(q[1])) * J.sx
+            x, y = q + n * rng.uniform(-3.5, 3.5) * ppm
+            if 0 <= x < J.width and 0.08 * J.height <= y < J.height + 20:
+                return float(x), float(y)
+    if rng.random() < 0.6:                                # pavements of the south arm
+        return rng.uniform(0, J.width), rng.uniform(J.Y_SOUTH, J.BASE_H + 10) * J.sy
+    y = rng.choice([rng.uniform(J.Y_NORTH - 22, J.Y_NORTH), rng.uniform(J.Y_SOUTH, J.Y_SOUTH + 18)])
+    return rng.uniform(0, J.width), y * J.sy               # pavements of the cross street
+
+
+def random_pedestrians(J: Junction, rng: random.Random, vehicles: list[Vehicle],
+                       vehicle_boxes: list[tuple[float, float, float, float]]) -> list[Pedestrian]:
+    """Pedestrians for a scene (most scenes have some), labelled ``person``: on the zebra crossing,
+    on the carriageway, at the kerb and on the pavements, adults and children (``size`` 0.6..1.2).
+    None is more than ~40% hidden by a vehicle drawn over it or by another pedestrian; a pedestrian
+    in front of a vehicle may cover it (the vehicle keeps its label)."""
+    road = np.asarray(J.carriageway, np.float32)
+    peds: list[Pedestrian] = []
+    boxes: list[tuple[float, float, float, float]] = []
+    n = rng.choice([0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 8])
+    tries = 0
+    while len(peds) < n and tries < n * 15:
+        tries += 1
+        if peds and rng.random() < 0.3:                   # people walk in groups: next to the last one
+            last = peds[-1]
+            w = (_GEOM.pedestrian_box(last)[2] - _GEOM.pedestrian_box(last)[0])
+            x, y = last.x + rng.choice([-1, 1]) * rng.uniform(0.9, 2.5) * w, last.y + rng.uniform(-0.4, 0.4) * w
+        else:
+            x, y = _person_spot(J, rng, road)
+        size = rng.uniform(0.6, 0.8) if rng.random() < 0.12 else rng.uniform(0.85, 1.2)
+        p = Pedestrian(id=rng.randrange(1 << 30), x=float(x), y=float(y), size=size)   # id: shirt colour
+        b = _GEOM.pedestrian_box(p)
+        if b[2] < 0 or b[0] > J.width or b[3] < 0 or b[1] > J.height:
+            continue
+        if any(_overlap(b, o) > 0.4 for o in boxes):
+            continue
+        # a vehicle is drawn over a pedestrian whose feet are further away than its footprint centre
+        if any(v.y >= p.y and _overlap(b, vb) > 0.4 for v, vb in zip(vehicles, vehicle_boxes)):
+            continue
+        peds.append(p)
+        boxes.append(b)
+    return peds
 
 
 _J = Junction()
@@ -252,7 +313,9 @@ def train(args: argparse.Namespace) -> None:
 
     print(f"rendering {args.train} training scenes ...", flush=True)
     images, targets, _ = render_set(args.train, seed=args.seed + 1)
-    print(f"  {time.perf_counter() - t_start:.0f} s, {sum(len(t) for t in targets)} vehicles", flush=True)
+    counts = np.bincount(np.concatenate([t[:, 0] for t in targets]).astype(int), minlength=len(LABELS))
+    print(f"  {time.perf_counter() - t_start:.0f} s, " + ", ".join(f"{k} {c}" for c, k in zip(LABELS, counts))
+          + f"; {sum(1 for t in targets if (t[:, 0] == LABELS.index(PERSON)).any())} scenes with persons", flush=True)
 
     points, strides = anchor_points()
     assigned = [assign(t, points, strides) for t in targets]
@@ -304,11 +367,24 @@ def train(args: argparse.Namespace) -> None:
     acc["training"] = {
         "train_scenes": args.train, "epochs": args.epochs, "batch": args.batch, "seed": args.seed,
         "train_seconds": round(train_s), "torch": str(torch.__version__), "threads": min(2, args.threads),
-        "command": " ".join(["python -m models.train_vehicles", *sys.argv[1:]]),
+        "command": " ".join(["python -m models.train_vehicles", *_args_but_out(sys.argv[1:])]),
     }
     write_manifest(manifest_path, onnx_path, accuracy=acc, meta={}, score_threshold=thr)
     print(json.dumps(acc, indent=2, ensure_ascii=False))
     print(f"total {time.perf_counter() - t_start:.0f} s")
+
+
+def _args_but_out(argv: list[str]) -> list[str]:
+    """The command-line arguments without ``--out`` (where the files go does not change them)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            out.append(a)
+    return out
 
 
 def _augment(batch: np.ndarray, gen: np.random.Generator) -> np.ndarray:
@@ -325,6 +401,11 @@ def _augment(batch: np.ndarray, gen: np.random.Generator) -> np.ndarray:
     return out
 
 
+# an object with fewer positive cells than this (a pedestrian: 1-3 cells at stride 8, a car ~10)
+# has them weighted up to this many, so small objects are not drowned out by large ones
+MIN_CELLS = 5
+
+
 def _loss(cls, reg, targets, assigned, points, strides):
     import torch
     import torch.nn.functional as F
@@ -333,30 +414,35 @@ def _loss(cls, reg, targets, assigned, points, strides):
     cls = cls.permute(0, 2, 1)          # (B, N, C)
     reg = reg.permute(0, 2, 1)          # (B, N, 4)
     cls_t = torch.zeros_like(cls)
+    pos_w = torch.zeros_like(cls)       # weight of each positive (cell, class)
     box_loss = cls.new_zeros(())
-    n_pos = 0
+    n_pos = 0.0
     for b in range(B):
         idx = torch.from_numpy(assigned[b])
         pos = torch.nonzero(idx >= 0).flatten()
         if not len(pos):
             continue
-        gt = torch.from_numpy(targets[b])[idx[pos]]       # (P, 5)
+        gi = idx[pos]
+        gt = torch.from_numpy(targets[b])[gi]             # (P, 5)
+        cells = torch.bincount(gi, minlength=len(targets[b])).float()
+        w = (MIN_CELLS / cells[gi]).clamp(min=1.0)       # (P,)
         p = points[pos]
         s = strides[pos][:, None]
         d = F.softplus(reg[b, pos]) * s
         pred = torch.cat([p - d[:, :2], p + d[:, 2:]], 1)
         giou = _giou(pred, gt[:, 1:5])
-        box_loss = box_loss + (1 - giou).sum()
+        box_loss = box_loss + ((1 - giou) * w).sum()
         # quality target: the IoU the box reached (YOLOv8/VFL-style), so the score ranks boxes
         with torch.no_grad():
             iou = _giou(pred, gt[:, 1:5], plain=True).clamp(0.05, 1.0)
         cls_t[b, pos, gt[:, 0].long()] = iou
-        n_pos += len(pos)
-    n_pos = max(n_pos, 1)
+        pos_w[b, pos, gt[:, 0].long()] = w
+        n_pos += float(w.sum())
+    n_pos = max(n_pos, 1.0)
     # focal-weighted BCE: easy negatives count little
     prob = torch.sigmoid(cls)
     bce = F.binary_cross_entropy_with_logits(cls, cls_t, reduction="none")
-    weight = torch.where(cls_t > 0, torch.ones_like(prob), prob.detach() ** 2 * 0.75)
+    weight = torch.where(cls_t > 0, pos_w, prob.detach() ** 2 * 0.75)
     cls_loss = (bce * weight).sum() / n_pos
     box_loss = box_loss / n_pos
     loss = cls_loss + 2.5 * box_loss
@@ -425,7 +511,7 @@ def write_manifest(path: Path, onnx_path: Path, accuracy: dict | None, meta: dic
         "format": "yolov8",
         "score_threshold": score_threshold,
         "nms_iou": NMS_IOU,
-        "class_agnostic_nms": True,        # one vehicle, one class: a bus is not also a truck
+        "class_agnostic_nms": True,        # one object, one class: a bus is not also a truck
         "licence": LICENCE,
         "trained_on": TRAINED_ON,
         "notes": ("Trained only on rendered scenes of the simulated junction (tests/hardware_sim/junction.py); "
@@ -470,7 +556,7 @@ def match(dets, gts, iou_thr: float = 0.5):
 
 
 def _scenes(n: int, seed: int, per_background: int = 25):
-    """Full-size frames and their vehicle boxes, from renderer seeds derived from ``seed``."""
+    """Full-size frames and their boxes (vehicles and persons), from renderer seeds derived from ``seed``."""
     rng = random.Random(seed)
     renderer = None
     for i in range(n):
@@ -481,20 +567,28 @@ def _scenes(n: int, seed: int, per_background: int = 25):
 
 
 def calibrate(manifest_path: Path, n: int = 150, seed: int = 5555) -> tuple[float, float]:
-    """The score threshold with the best F1 (all classes together) on validation scenes."""
+    """The score threshold with the best F1 (all classes together) on validation scenes. Prints
+    each class's precision and recall at each threshold tried."""
     from models.runtime import Detector
 
     det = Detector(manifest_path, threads=1, score_threshold=0.05)
     results = [(det.detect(frame), gts) for frame, gts in _scenes(n, seed)]
     best = (SCORE_THRESHOLD, -1.0)
+    rows = []
     for thr in np.round(np.arange(0.2, 0.91, 0.05), 2):
-        tp = fp = ng = 0
+        per = {c: [0, 0, 0] for c in LABELS}
         for dets, gts in results:
-            for _, (_, hits, k) in match([d for d in dets if d.score >= thr], gts).items():
-                tp, fp, ng = tp + int(hits.sum()), fp + int((~hits).sum()), ng + k
+            for c, (_, hits, k) in match([d for d in dets if d.score >= thr], gts).items():
+                per[c][0] += int(hits.sum())
+                per[c][1] += int((~hits).sum())
+                per[c][2] += k
+        tp, fp, ng = (sum(v[i] for v in per.values()) for i in range(3))
         f1 = 2 * tp / max(2 * tp + fp + (ng - tp), 1)
+        rows.append(f"  {thr:4.2f}  F1 {f1:.3f}  " + "  ".join(
+            f"{c} P {v[0] / max(v[0] + v[1], 1):.3f} R {v[0] / max(v[2], 1):.3f}" for c, v in per.items()))
         if f1 > best[1] + 1e-9:
             best = (float(thr), f1)
+    print("validation: threshold, F1 of all, precision and recall per class\n" + "\n".join(rows), flush=True)
     return best
 
 
@@ -547,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=int, default=3000, help="training scenes to render")
     ap.add_argument("--val", type=int, default=150, help="validation scenes to choose the score threshold on")
     ap.add_argument("--eval", type=int, default=300, help="held-out scenes to evaluate on")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=20250101)
