@@ -109,6 +109,9 @@ async def serve_tcp(channel: Channel, endpoint: Endpoint, idle_timeout: float, b
             tasks.add(task)
         try:
             await _stream(channel, reader, writer, idle_timeout)
+        except asyncio.CancelledError:
+            pass   # the listener is closing (agent stopping); Python 3.11's start_server logs a handler
+                   # that ends cancelled as an error, with a traceback
         finally:
             if task is not None:
                 tasks.discard(task)
