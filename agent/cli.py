@@ -73,8 +73,10 @@ async def _with_live_view(agent) -> None:
     from agent.status_view import render
     task = asyncio.create_task(agent.run())
     with Live(render(agent.snapshot()), refresh_per_second=2, screen=False) as view:
-        while not task.done():
-            await asyncio.sleep(0.5)
+        while True:
+            await asyncio.wait({task}, timeout=0.5)
+            if task.done():   # the outbox is closed by now: keep the last frame
+                break
             view.update(render(agent.snapshot()))
     await task
 
