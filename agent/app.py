@@ -13,6 +13,7 @@ import logging
 import random
 import signal
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ log = logging.getLogger("agent")
 
 RUNNER_RESTART_MAX = 60.0
 SHUTDOWN_TASK_TIMEOUT = 5.0
+RECENT_EVENTS = 6
 
 
 class NotDurable(OSError):
@@ -61,6 +63,7 @@ class Agent:
         self.uplink = MqttUplink(mqtt_cfg, gw, self.outbox, birth=self.birth, password=password,
                                  boot_id=self.boot_id)
         self.devices: dict[str, DeviceStatus] = {}
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)   # for status and the live view
         self.infos: dict[str, DeviceInfo] = {}
         self._filters: dict[str, ReportFilter] = {}
         self._rules: dict[str, AlarmRules] = {}
@@ -165,6 +168,8 @@ class Agent:
             # (a violation's clip follows seconds later, a panel reports an alarm it buffered)
             body["t"] = event.t
         self.outbox.put(priority, self.topic(f"event/{device_id}"), body)
+        self.recent_events.append({"ts": now_ms(), "device": device_id, "type": event.type,
+                                   "severity": event.severity})
         log.info("event %s %s on %s", event.severity, event.type, device_id)
         if priority == Priority.LIFE_SAFETY:
             # a fire alarm does not wait for the next group commit, and the caller must know

@@ -89,6 +89,7 @@ def snapshot(agent: "Agent") -> dict[str, Any]:
             "write_errors": stats.write_errors, "last_seq": stats.last_seq,
         },
         "devices": devices,
+        "events": list(agent.recent_events),   # the latest few, newest last
         **({"commands": agent.commands.stats.as_dict()} if agent.commands is not None else {}),
     }
 

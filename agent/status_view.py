@@ -36,6 +36,9 @@ def _value(point: str, value: Any, unit: str | None, quality: str) -> str:
     return text if quality == "good" else f"{text}({quality})"
 
 
+SEVERITY_STYLE = {"critical": "bold white on red", "major": "bold red", "minor": "yellow", "info": "dim"}
+
+
 def render(snapshot: dict[str, Any], *, now_ms: int | None = None) -> Group:
     now = now_ms or int(time.time() * 1000)
     up = snapshot["uplink"]
@@ -73,4 +76,13 @@ def render(snapshot: dict[str, Any], *, now_ms: int | None = None) -> Group:
             latest = Text(dev["last_error"][:70], "red")
         table.add_row(device_id, dev["kind"], state, _age(dev["last_read_ms"], now), latest,
                       str(dev["readings"]), str(dev["sent"]), str(dev["errors"]))
-    return Group(header, uplink, buffer, Text(""), table)
+    parts = [header, uplink, buffer, Text(""), table]
+    events = snapshot.get("events") or []
+    if events:
+        parts.append(Text("\nrecent events", "bold"))
+        for event in reversed(events):   # newest first
+            parts.append(Text.assemble(
+                (f"  {_age(event['ts'], now):>9}  ", "dim"),
+                (f"{event['severity']:<8}", SEVERITY_STYLE.get(event["severity"], "")),
+                f" {event['type']}", (" on ", "dim"), event["device"]))
+    return Group(*parts)
