@@ -12,7 +12,8 @@ order, the events, how many duplicates and invalid messages there were.
 It never crashes on garbage: a publication that is not valid is recorded in :attr:`invalid` with
 the reasons. All methods are safe to call from the test thread while paho's loop thread delivers.
 
-CLI: ``python -m tests.hardware_sim.consumer --host 127.0.0.1 --port 1883 --gateway gw-01 --site hz``.
+CLI: ``python -m tests.hardware_sim.consumer --host 127.0.0.1 --port 1883 --gateway gw-01 --site hz``;
+one signed command and its result: add ``--command-key KEYFILE --command device.read --args '{"device": ...}'``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -438,7 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     parser.add_argument("--quiet", "-q", action="store_true", help="only invalid messages and the summary")
+    parser.add_argument("--command", metavar="NAME",
+                        help="instead of watching: send this command (signed with --command-key) to --gateway of "
+                             "--site, print its result and exit (0: ok)")
+    parser.add_argument("--args", default="{}", metavar="JSON", help="the command's arguments (default {})")
+    parser.add_argument("--command-key", metavar="FILE",
+                        help="the file of the gateway's command key (commands.key); without it unsigned")
     args = parser.parse_args(argv)
+    if args.command:
+        return _send(args)
 
     def show(status: Status, record: Received | Invalid) -> None:
         if not args.quiet or status != "ok":
@@ -462,6 +472,34 @@ def main(argv: list[str] | None = None) -> int:
         consumer.stop()
         print(consumer.summary(), file=sys.stderr)
     return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    """--command: one signed request and its cmd_result, as the centre would send it."""
+    try:
+        command_args = orjson.loads(args.args)
+        key = Path(args.command_key).read_bytes().strip() if args.command_key else None
+    except (orjson.JSONDecodeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(command_args, dict):
+        print(f"error: --args must be a JSON object, got {args.args}", file=sys.stderr)
+        return 2
+    consumer = Consumer(args.host, args.port, prefix=args.prefix, site=args.site, gateway=args.gateway,
+                        username=args.username, password=args.password, cafile=args.cafile,
+                        certfile=args.certfile, keyfile=args.keyfile)
+    try:
+        consumer.start(timeout=10)
+        request = consumer.send_command(args.command, command_args, key=key)
+        consumer.wait_for(lambda c: c.last("cmd_result", request["id"]), 15, f"the result of {request['id']}")
+    except (TimeoutError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        consumer.stop()
+    result = consumer.last("cmd_result", request["id"])
+    print(describe("ok", result), flush=True)
+    return 0 if result.body["ok"] else 1
 
 
 if __name__ == "__main__":
