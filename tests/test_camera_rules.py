@@ -179,6 +179,19 @@ def test_zone_intrusion_by_a_person_not_by_a_car():
     assert found[0].t == pytest.approx(1001.4, abs=0.15)
 
 
+def test_zone_intrusion_a_person_hidden_for_a_while_is_not_a_second_intrusion():
+    """Behind a passing bus for 2 s the person's track ends and comes back under a new id: one
+    intrusion. Another person elsewhere on the carriageway is one more."""
+    carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
+                                                    [640, 480], [0, 480]], "min_time": "500ms"})
+
+    def standing(t):
+        return None if 2.0 < t < 4.0 else Det("person", 0.9, (300 + 4 * t, 250, 330 + 4 * t, 330))
+    found = run([carriageway], {"standing": standing,
+                                "other": moving(550, 250, 0, 0, label="person", w=30, h=80, start=5.0)}, 8.0)
+    assert [(v.type, v.track) for v in found] == [("zone_intrusion", 1), ("zone_intrusion", 3)]
+
+
 def test_signal_board_history_gives_the_state_at_a_time_and_when_it_began():
     board = SignalBoard()
     for i, colour in enumerate(["green"] * 5 + ["yellow"] * 3 + ["red"] * 10):

@@ -417,12 +417,53 @@ class IllegalParking(_Dwell):
 
 
 class ZoneIntrusion(_Dwell):
+    """A dwell in the zone, once per person: a person hidden behind a vehicle loses their track
+    and comes back under a new id; a new track that starts where a reported one ended, soon
+    after, is that person, not a second intrusion."""
+
     label_kind = "in_zone_s"
+    CONTINUE_WITHIN = 10.0       # seconds after a reported track ended
 
     def __init__(self, name: str, cfg: ZoneIntrusionRule):
         super().__init__(name, cfg)
         self.seconds = cfg.min_time
         self.still_px = None
+        self.last_box: dict[int, tuple[float, Box]] = {}      # track -> (t, box) last seen in the zone
+        self.ended_reported: list[tuple[float, Box]] = []     # (ended at, last box) of reported tracks
+        self.continued = 0                                     # new tracks taken for a reported person
+
+    def _stores(self) -> list[dict]:
+        return super()._stores() + [self.last_box]
+
+    def forget(self, track_ids: Iterable[int]) -> None:
+        ids = list(track_ids)
+        for track_id in ids:
+            if track_id in self.done and track_id in self.last_box:
+                self.ended_reported.append(self.last_box[track_id])
+        super().forget(ids)
+
+    def _continues_a_reported_one(self, box: Box, now: float) -> bool:
+        self.ended_reported = [e for e in self.ended_reported if now - e[0] < self.CONTINUE_WITHIN]
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        for i, (_, old) in enumerate(self.ended_reported):
+            reach = max(box[3] - box[1], old[3] - old[1])     # about a body height
+            if math.dist((cx, cy), ((old[0] + old[2]) / 2, (old[1] + old[3]) / 2)) <= reach:
+                del self.ended_reported[i]
+                return True
+        return False
+
+    def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
+        for track in tracks:
+            if track.last_t != frame.t or track.label not in self.cfg.classes:
+                continue
+            if track.id not in self.last_box and track.id not in self.done and \
+                    inside(anchor(track.box, self.cfg.anchor), self.cfg.zone) and \
+                    self._continues_a_reported_one(track.box, frame.t):
+                self.done.add(track.id)
+                self.continued += 1
+            if track.id in self.done or inside(anchor(track.box, self.cfg.anchor), self.cfg.zone):
+                self.last_box[track.id] = (frame.t, track.box)
+        return super().update(frame, tracks)
 
 
 class RuleSet:
