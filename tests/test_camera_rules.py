@@ -185,11 +185,35 @@ def test_zone_intrusion_a_person_hidden_for_a_while_is_not_a_second_intrusion():
     carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
                                                     [640, 480], [0, 480]], "min_time": "500ms"})
 
-    def standing(t):
-        return None if 2.0 < t < 4.0 else Det("person", 0.9, (300 + 4 * t, 250, 330 + 4 * t, 330))
+    def standing(t):   # stepped in from the kerb (bottom at 180, zone from 200), then hidden 2-4 s
+        y = 100 + min(t, 1.0) * 60
+        return None if 2.0 < t < 4.0 else Det("person", 0.9, (300 + 4 * t, y, 330 + 4 * t, y + 80))
     found = run([carriageway], {"standing": standing,
-                                "other": moving(550, 250, 0, 0, label="person", w=30, h=80, start=5.0)}, 8.0)
+                                "other": moving(550, 100, 0, 60, label="person", w=30, h=80, start=5.0)}, 8.0)
     assert [(v.type, v.track) for v in found] == [("zone_intrusion", 1), ("zone_intrusion", 3)]
+
+
+def test_zone_intrusion_counts_crossing_the_edge_not_showing_up_in_the_middle():
+    """A 'person' that appears in the middle of the carriageway (the detector's mistake on a shadow)
+    is not an intrusion unless the rule says ``from_outside: false``."""
+    cfg = {"type": "zone_intrusion", "zone": [[0, 200], [640, 200], [640, 480], [0, 480]], "min_time": "500ms"}
+    ghost = {"ghost": moving(300, 250, 0, 0, label="person", w=8, h=40, start=1.0)}
+    assert run([ZoneIntrusionRule.model_validate(cfg)], ghost, 4.0) == []
+    found = run([ZoneIntrusionRule.model_validate({**cfg, "from_outside": False})], ghost, 4.0)
+    assert [v.type for v in found] == ["zone_intrusion"]
+
+
+def test_zone_intrusion_a_person_hidden_as_they_step_in_still_came_from_outside():
+    """Walking to the kerb, hidden behind a parked car as they step onto the road, seen again only
+    on it: their new track continues one that was outside, so it is an intrusion."""
+    carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
+                                                    [640, 480], [0, 480]], "min_time": "500ms"})
+
+    def walker(t):     # bottom edge from 120 down at 40 px/s: crosses y=200 at t=2, hidden 1.5-3.5 s
+        y = 40 + 40 * t
+        return None if 1.5 < t < 3.5 else Det("person", 0.9, (300, y, 330, y + 80))
+    found = run([carriageway], {"walker": walker}, 6.0)
+    assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
 
 
 def test_signal_board_history_gives_the_state_at_a_time_and_when_it_began():

@@ -213,6 +213,10 @@ class ZoneIntrusionRule(_Rule):
     zone: Polygon
     classes: tuple[str, ...] = ("person",)
     min_time: Duration = 0.5
+    # only road users seen outside the zone before they were in it (crossing its edge): a person
+    # stepping off the kerb. Something that shows up in the middle of the zone (a detector's
+    # mistake on a shadow or a vehicle's flank, or a track broken behind a bus) is not counted.
+    from_outside: bool = True
 
 
 _RULES: dict[str, type[_Rule]] = {

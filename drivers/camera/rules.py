@@ -417,52 +417,74 @@ class IllegalParking(_Dwell):
 
 
 class ZoneIntrusion(_Dwell):
-    """A dwell in the zone, once per person: a person hidden behind a vehicle loses their track
-    and comes back under a new id; a new track that starts where a reported one ended, soon
-    after, is that person, not a second intrusion."""
+    """A dwell in the zone, once per person, counted when they cross its edge (``from_outside``).
+
+    Tracks break: a person hidden behind a vehicle comes back under a new id. A new track that
+    starts near where another one of the same kind ended, soon before, is taken as that person:
+    it is not reported again if the old one was, and it counts as having come from outside if the
+    old one had. Something that shows up in the middle of the zone with no such predecessor (a
+    detector's mistake on a shadow or on a vehicle's flank) is not counted."""
 
     label_kind = "in_zone_s"
-    CONTINUE_WITHIN = 10.0       # seconds after a reported track ended
+    CONTINUE_WITHIN = 10.0       # seconds after a track ended
+    REACH = 2.0                  # body heights from where it ended
 
     def __init__(self, name: str, cfg: ZoneIntrusionRule):
         super().__init__(name, cfg)
         self.seconds = cfg.min_time
         self.still_px = None
-        self.last_box: dict[int, tuple[float, Box]] = {}      # track -> (t, box) last seen in the zone
-        self.ended_reported: list[tuple[float, Box]] = []     # (ended at, last box) of reported tracks
+        self.last_box: dict[int, tuple[float, Box]] = {}      # track -> (t, box) when last seen
+        self.seen_outside: set[int] = set()
+        self.first_in: set[int] = set()                       # tracks whose first moment in the zone was judged
+        self.ended: list[tuple[float, Box, bool, bool]] = []  # (ended at, last box, reported, seen outside)
         self.continued = 0                                     # new tracks taken for a reported person
-
-    def _stores(self) -> list[dict]:
-        return super()._stores() + [self.last_box]
+        self.appeared_inside = 0                               # tracks first seen in the zone, from nowhere
 
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
         for track_id in ids:
-            if track_id in self.done and track_id in self.last_box:
-                self.ended_reported.append(self.last_box[track_id])
+            if track_id in self.last_box:
+                t, box = self.last_box.pop(track_id)
+                self.ended.append((t, box, track_id in self.done, track_id in self.seen_outside))
+            self.seen_outside.discard(track_id)
+            self.first_in.discard(track_id)
         super().forget(ids)
 
-    def _continues_a_reported_one(self, box: Box, now: float) -> bool:
-        self.ended_reported = [e for e in self.ended_reported if now - e[0] < self.CONTINUE_WITHIN]
+    def _predecessor(self, box: Box, now: float) -> tuple[bool, bool] | None:
+        """(reported, seen outside) of the track this new one continues, if any (and forget it)."""
+        self.ended = [e for e in self.ended if now - e[0] < self.CONTINUE_WITHIN]
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        for i, (_, old) in enumerate(self.ended_reported):
-            reach = max(box[3] - box[1], old[3] - old[1])     # about a body height
-            if math.dist((cx, cy), ((old[0] + old[2]) / 2, (old[1] + old[3]) / 2)) <= reach:
-                del self.ended_reported[i]
-                return True
-        return False
+        best = None
+        for i, (_, old, reported, outside) in enumerate(self.ended):
+            reach = self.REACH * max(box[3] - box[1], old[3] - old[1])
+            d = math.dist((cx, cy), ((old[0] + old[2]) / 2, (old[1] + old[3]) / 2))
+            if d <= reach and (best is None or d < best[0]):
+                best = (d, i, reported, outside)
+        if best is None:
+            return None
+        del self.ended[best[1]]
+        return best[2], best[3]
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
         for track in tracks:
             if track.last_t != frame.t or track.label not in self.cfg.classes:
                 continue
-            if track.id not in self.last_box and track.id not in self.done and \
-                    inside(anchor(track.box, self.cfg.anchor), self.cfg.zone) and \
-                    self._continues_a_reported_one(track.box, frame.t):
-                self.done.add(track.id)
+            self.last_box[track.id] = (frame.t, track.box)
+            if not inside(anchor(track.box, self.cfg.anchor), self.cfg.zone):
+                self.seen_outside.add(track.id)
+                continue
+            if track.id in self.first_in or track.id in self.done:
+                continue
+            self.first_in.add(track.id)
+            came_from = self._predecessor(track.box, frame.t) if track.id not in self.seen_outside else None
+            if came_from is not None and came_from[0]:
+                self.done.add(track.id)               # the person already reported
                 self.continued += 1
-            if track.id in self.done or inside(anchor(track.box, self.cfg.anchor), self.cfg.zone):
-                self.last_box[track.id] = (frame.t, track.box)
+            elif came_from is not None and came_from[1]:
+                self.seen_outside.add(track.id)       # came in from outside before the break
+            elif self.cfg.from_outside and track.id not in self.seen_outside:
+                self.done.add(track.id)
+                self.appeared_inside += 1
         return super().update(frame, tracks)
 
 
