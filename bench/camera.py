@@ -30,6 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.hardware_sim.camera_sim import stamp_cell  # noqa: E402
 from tests.hardware_sim.junction import Junction  # noqa: E402
 
 TOLERANCE = {"red_light": 1.5, "wrong_way": 4.0, "illegal_parking": 3.0, "zone_intrusion": 2.0}
@@ -62,7 +63,13 @@ def junction_camera(junction: Junction | None = None, *, url: str = "rtsp://127.
         path = J.lanes[lane] if lane == "nb_through" else [p for p in J.lanes[lane] if p[1] >= J.Y_SOUTH * J.sy]
         rules.append({"type": "wrong_way", "name": f"ww-{lane}", "path": pts(path), "width": lane_width,
                       "anchor": 0.6, "min_distance": 60, "min_time": "500ms"})
-    entry = {"id": cam_id, "url": url, "model": "vehicles", "fps": 10,
+    # the simulated camera's on-screen caption (top left) and frame-number strip (bottom left)
+    # change every frame: the motion gate ignores them, as one would a real camera's OSD clock
+    W, H = J.width, J.height
+    strip = stamp_cell(W) * 33
+    osd = [[[0, 0], [round(W * 0.6), 0], [round(W * 0.6), round(H * 0.06)], [0, round(H * 0.06)]],
+           [[0, H - 4 * stamp_cell(W)], [strip, H - 4 * stamp_cell(W)], [strip, H], [0, H]]]
+    entry = {"id": cam_id, "url": url, "model": "vehicles", "fps": 10, "motion": {"ignore": osd},
              "signal": {"device": signal_device, "point": f"phase{J.approach_phase}"},
              "rules": rules, "evidence": {"clip_before": "6s", "clip_after": "6s"}}
     entry.update(extra)

@@ -91,3 +91,26 @@ def test_a_person_never_continues_a_car_track():
     tracker.update([car(100, 100)], 0.0)
     tracker.update([Det("person", 0.8, (100, 100, 180, 150))], 0.1)
     assert sorted(t.label for t in tracker.tracks.values()) == ["car", "person"]
+
+
+def test_motion_gate_ignores_changes_in_its_ignore_areas_only():
+    """A ticking on-screen clock does not wake the detector; a car elsewhere does."""
+    import cv2
+    import numpy as np
+
+    from drivers.camera.pipeline import MotionGate
+
+    def frame(clock: str, car_x: int | None = None) -> np.ndarray:
+        img = np.full((720, 1280, 3), 90, np.uint8)
+        cv2.putText(img, clock, (10, 75), cv2.FONT_HERSHEY_SIMPLEX, 3.0, (255, 255, 255), 9)
+        if car_x is not None:
+            cv2.rectangle(img, (car_x, 400), (car_x + 120, 470), (230, 230, 230), -1)
+        return img
+
+    osd = (((0.0, 0.0), (700.0, 0.0), (700.0, 110.0), (0.0, 110.0)),)
+    plain, masked = MotionGate(0.001, 18), MotionGate(0.001, 18, osd)
+    for gate in (plain, masked):
+        gate.moved(frame("18:00:00"))
+    assert plain.moved(frame("18:11:11")) is True       # the clock alone
+    assert masked.moved(frame("18:22:22")) is False
+    assert masked.moved(frame("18:33:33", car_x=600)) is True

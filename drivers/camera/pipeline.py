@@ -40,11 +40,26 @@ class MotionGate:
     """Did anything move since the last frame? Grey, 160 px wide, blurred: sensor noise and
     compression shimmer stay below ``pixel_delta``; a car a few pixels wide does not."""
 
-    def __init__(self, threshold: float, pixel_delta: int):
+    def __init__(self, threshold: float, pixel_delta: int, ignore: tuple = ()):
         self.threshold = threshold
         self.pixel_delta = pixel_delta
+        self.ignore = ignore
         self.previous: np.ndarray | None = None
         self.last_fraction = 0.0
+        self._keep: np.ndarray | None = None     # at the gate's size: 1 where changes count
+
+    def _mask(self, frame_w: int, shape: tuple[int, int]) -> np.ndarray | None:
+        if not self.ignore:
+            return None
+        if self._keep is None or self._keep.shape != shape:
+            k = shape[1] / frame_w
+            keep = np.ones(shape, np.uint8)
+            for polygon in self.ignore:
+                pts = np.round(np.asarray(polygon, np.float64) * k).astype(np.int32)
+                cv2.fillPoly(keep, [pts], 0)
+                cv2.polylines(keep, [pts], True, 0, 2)   # and the blur's reach around its edge
+            self._keep = keep.astype(bool)
+        return self._keep
 
     def moved(self, image: np.ndarray) -> bool:
         h, w = image.shape[:2]
@@ -54,8 +69,11 @@ class MotionGate:
         if previous is None or previous.shape != grey.shape:
             self.last_fraction = 1.0
             return True
-        diff = cv2.absdiff(grey, previous)
-        self.last_fraction = float(np.count_nonzero(diff > self.pixel_delta)) / diff.size
+        changed = cv2.absdiff(grey, previous) > self.pixel_delta
+        keep = self._mask(w, grey.shape)
+        if keep is not None:
+            changed &= keep
+        self.last_fraction = float(np.count_nonzero(changed)) / changed.size
         return self.last_fraction > self.threshold
 
 
@@ -99,7 +117,7 @@ class Pipeline:
         self.detector_factory = detector_factory
         self.detector: Any = None
         self.post = post
-        self.gate = MotionGate(options.motion.threshold, options.motion.pixel_delta)
+        self.gate = MotionGate(options.motion.threshold, options.motion.pixel_delta, options.motion.ignore)
         self.tracker = Tracker(options.tracker.iou, options.tracker.max_gap, options.tracker.min_hits)
         self.rules = RuleSet(list(options.rules), signal, options.signal)
         ev = options.evidence
