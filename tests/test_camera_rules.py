@@ -149,6 +149,17 @@ def test_illegal_parking_clock_starts_when_the_car_came_within_still_px_of_where
     assert len(found) == 1 and found[0].t == pytest.approx(1011.0, abs=0.25)
 
 
+def test_illegal_parking_a_box_stretched_for_a_frame_or_two_does_not_restart_the_clock():
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "zone": PARKING_ZONE, "dwell": "10s",
+                                              "still_px": 20})
+
+    def parked(t):     # a passing car stretches the box sideways in two frames at t=5
+        x = 330 if 5.0 <= t < 5.2 else 300
+        return Det("car", 0.9, (x, 250, x + 80, 330))
+    found = run([zone], {"parked": parked}, 16.0)
+    assert len(found) == 1 and found[0].t == pytest.approx(1010.0, abs=0.15)
+
+
 def test_illegal_parking_keeps_its_clock_when_the_box_jumps_out_of_the_zone_for_a_moment():
     zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "dwell": "6s",
                                               "zone": [[200, 200], [450, 200], [450, 400], [200, 400]]})

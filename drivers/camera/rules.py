@@ -243,9 +243,14 @@ def _at_rest_since(track: Track, now: float, still_px: float, at: float = 1.0) -
     now (as far back as its history reaches), or None when it was elsewhere in the last frame."""
     here = anchor(track.box, at)
     since = None
+    outliers = 0
     for t, _, box in reversed(track.history):
         if math.dist(anchor(box, at), here) > still_px:
-            break
+            outliers += 1
+            if outliers > 2:          # one or two stretched boxes are not where it was
+                break
+            continue
+        outliers = 0
         since = t
     return since
 
@@ -328,18 +333,20 @@ class _Dwell(_RuleBase):
     label_kind = "dwell"
     LOST_KEEP = 60.0        # seconds an ended track's clock waits to be found again (parking only)
     JUMP_KEEP = 3.0         # the same for a box that left the zone
+    MOVED_AFTER = 3         # observations in a row beyond still_px that make a move
 
     def __init__(self, name: str, cfg: Any):
         super().__init__(name, cfg)
         self.entry: dict[int, _Obs] = {}
         self.half: dict[int, _Obs] = {}
+        self.away: dict[int, int] = {}        # observations in a row beyond still_px of the entry
         # entries of tracks that ended or whose box left the zone, until they may be found again:
         # (forget after, entry, half)
         self.ghosts: list[tuple[float, _Obs, _Obs | None]] = []
         self.last_t = 0.0
 
     def _stores(self) -> list[dict]:
-        return [self.entry, self.half]
+        return [self.entry, self.half, self.away]
 
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
@@ -386,10 +393,14 @@ class _Dwell(_RuleBase):
                 else:
                     self.entry[track.id] = obs
                 continue
-            if self.still_px is not None and math.dist(obs.p, entry.p) > self.still_px:
-                # it moved: the clock starts again from when it came to rest where it is now. A car
-                # that rolls the last few pixels to a stop came to rest before it was that far
-                # from where the clock last started, and jitter would otherwise restart it later.
+            away = self.still_px is not None and math.dist(obs.p, entry.p) > self.still_px
+            self.away[track.id] = self.away.get(track.id, 0) + 1 if away else 0
+            if away and self.away[track.id] >= self.MOVED_AFTER:
+                # it moved (for MOVED_AFTER observations in a row: one box stretched by a passing
+                # car is not a move): the clock starts again from when it came to rest where it is
+                # now. A car that rolls the last few pixels to a stop came to rest before it was
+                # that far from where the clock last started.
+                self.away[track.id] = 0
                 since = _at_rest_since(track, frame.t, self.still_px, self.cfg.anchor)
                 self.entry[track.id] = _Obs(max(since, track.history[0][0]) if since else frame.t,
                                             obs.p, obs.box, obs.frame)
