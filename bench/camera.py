@@ -76,9 +76,12 @@ def junction_camera(junction: Junction | None = None, *, url: str = "rtsp://127.
     return entry
 
 
-def match(truth: list[dict[str, Any]], found: list[dict[str, Any]]) -> dict[str, Any]:
-    """One-to-one matching by type and time (``t`` seconds on one clock): precision, recall, plates."""
-    per_type: dict[str, dict[str, Any]] = {}
+def match(truth: list[dict[str, Any]], found: list[dict[str, Any]], cutoff: float | None = None) -> dict[str, Any]:
+    """One-to-one matching by type and time (``t`` seconds on one clock): precision, recall, plates.
+
+    ``cutoff``: the end of the judged window. Everything is matched, then what is left over after
+    the cutoff is not counted: a violation staged in the last seconds may not be decided yet, and a
+    decision just before the end may belong to a truth recorded just after it."""
     pairs = []
     used: set[int] = set()
     for gt in sorted(truth, key=lambda r: r["t"]):
@@ -92,6 +95,14 @@ def match(truth: list[dict[str, Any]], found: list[dict[str, Any]]) -> dict[str,
         if best is not None:
             used.add(best)
             pairs.append((gt, found[best]))
+    if cutoff is not None:
+        matched_truth = {id(gt) for gt, _ in pairs}
+        truth = [gt for gt in truth if gt["t"] <= cutoff or id(gt) in matched_truth]
+        keep = [i for i, f in enumerate(found) if f["t"] <= cutoff or i in used]
+        index = {old: new for new, old in enumerate(keep)}
+        found = [found[i] for i in keep]
+        used = {index[i] for i in used}
+    per_type: dict[str, dict[str, Any]] = {}
     for kind in TOLERANCE:
         n_gt = sum(1 for r in truth if r["type"] == kind)
         n_found = sum(1 for f in found if f["type"] == kind)
@@ -218,9 +229,8 @@ def offline(seconds: float, seed: int, fps: float, rates: float, dwell: float, v
                 x1, y1, x2, y2 = (int(v) for v in shot.box)
                 cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 2)
                 cv2.imwrite(str(Path(debug_dir) / f"{violation.t - t0:07.2f}-{violation.type}-{k}.jpg"), img)
-    truth = [{**r, "t": r["t_violation"]} for r in traffic.ground_truth() if r["t_violation"] < seconds - 3]
-    found = [f for f in found if f["t"] < seconds - 3 + TOLERANCE[f["type"]]]
-    result = match(truth, found)
+    truth = [{**r, "t": r["t_violation"]} for r in traffic.ground_truth()]
+    result = match(truth, found, cutoff=seconds - 3)
     stats = pipeline.stats.as_dict()
     cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
     result["pipeline"] = {"frames": frames, "detected": stats["detected"], "gated": stats["gated"],
@@ -327,13 +337,11 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
             consumer.stop()
             broker.stop()
         end = time.time()
-        truth = [{**r, "t": r["ts_violation"] / 1000} for r in (busy.ground_truth() if busy else [])
-                 if r["ts_violation"] / 1000 < end - 8]
+        truth = [{**r, "t": r["ts_violation"] / 1000} for r in (busy.ground_truth() if busy else [])]
         events = [e for e in consumer.events("cam-01") if e["type"].startswith("violation.")]
         found = [{"type": e["type"].split(".", 1)[1], "t": e["data"]["t_violation"] / 1000, "plate": e["data"].get("plate"),
                   "id": e["id"]} for e in events]
-        found = [f for f in found if f["t"] < end - 8 + TOLERANCE[f["type"]]]
-        result = match(truth, found)
+        result = match(truth, found, cutoff=end - 8)
         # violation moment (simulator's clock) -> evidence record committed in the agent's outbox
         latency, parts = [], {}
         for gt, f in _pairs(truth, found):
