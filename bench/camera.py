@@ -64,12 +64,14 @@ def junction_camera(junction: Junction | None = None, *, url: str = "rtsp://127.
         rules.append({"type": "wrong_way", "name": f"ww-{lane}", "path": pts(path), "width": lane_width,
                       "anchor": 0.6, "min_distance": 60, "min_time": "500ms"})
     # the simulated camera's on-screen caption (top left) and frame-number strip (bottom left)
-    # change every frame: the motion gate ignores them, as one would a real camera's OSD clock
+    # change every frame and are not road: the motion gate and the detections ignore them, as one
+    # would set up a real camera's OSD clock
     W, H = J.width, J.height
     strip = stamp_cell(W) * 33
     osd = [[[0, 0], [round(W * 0.6), 0], [round(W * 0.6), round(H * 0.06)], [0, round(H * 0.06)]],
            [[0, H - 4 * stamp_cell(W)], [strip, H - 4 * stamp_cell(W)], [strip, H], [0, H]]]
     entry = {"id": cam_id, "url": url, "model": "vehicles", "fps": 10, "motion": {"ignore": osd},
+             "detect": {"ignore": osd},
              "signal": {"device": signal_device, "point": f"phase{J.approach_phase}"},
              "rules": rules, "evidence": {"clip_before": "6s", "clip_after": "6s"}}
     entry.update(extra)

@@ -114,3 +114,34 @@ def test_motion_gate_ignores_changes_in_its_ignore_areas_only():
     assert plain.moved(frame("18:11:11")) is True       # the clock alone
     assert masked.moved(frame("18:22:22")) is False
     assert masked.moved(frame("18:33:33", car_x=600)) is True
+
+
+def test_detections_centred_in_a_detect_ignore_area_are_dropped():
+    """The real shipped model on a rendered scene: a car under a `detect.ignore` area (an OSD
+    caption, a billboard) gets no track; the same car elsewhere does."""
+    import random
+
+    from drivers.camera.options import Options
+    from drivers.camera.pipeline import Pipeline
+    from drivers.camera.reader import RawFrame
+    from models.runtime import Detector
+    from tests.hardware_sim.junction import Junction, JunctionRenderer, Scene, make_vehicle
+
+    J = Junction()
+    car = make_vehicle(J, 1, "car", 700.0, 560.0, 0.0, random.Random(4))
+    image = JunctionRenderer(J, seed=4).render(Scene(t=0.0, vehicles=[car]))
+    x1, y1, x2, y2 = JunctionRenderer(J, seed=4).vehicle_box(car)
+    area = [[x1 - 20, y1 - 20], [x2 + 20, y1 - 20], [x2 + 20, y2 + 20], [x1 - 20, y2 + 20]]
+    detector = Detector("vehicles")
+
+    def tracks_after_two_frames(detect: dict) -> int:
+        options = Options.model_validate({"url": "rtsp://127.0.0.1:1/x", "model": "vehicles", "detect": detect,
+                                          "evidence": {"clip_format": "none", "plate": False}})
+        pipeline = Pipeline("t", options, None, lambda: detector, None, lambda kind, payload: None)
+        pipeline.detector = detector
+        for seq in (1, 2):
+            pipeline.process(RawFrame(seq, 1000.0 + seq / 10, image))
+        return len(pipeline.tracker.tracks)
+
+    assert tracks_after_two_frames({}) == 1
+    assert tracks_after_two_frames({"ignore": [area]}) == 0

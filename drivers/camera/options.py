@@ -252,6 +252,9 @@ class Detect(_Strict):
     score: float = Field(default=0.4, gt=0, le=1)     # detections below are dropped
     classes: tuple[str, ...] | None = None             # keep only these labels (default: all the model has)
     threads: int = Field(default=1, ge=1, le=16)       # onnxruntime intra-op threads
+    # areas that are not the road, in frame pixels: detections centred there are dropped (the
+    # camera's OSD caption, a billboard with a car on it)
+    ignore: tuple[Polygon, ...] = ()
 
 
 class Motion(_Strict):

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from drivers.camera.evidence import ClipRing, build_violation, encode_clip
+from drivers.camera.geometry import inside
 from drivers.camera.options import Options
 from drivers.camera.reader import RawFrame, Reader
 from drivers.camera.rules import Frame, RuleSet, SignalFn, Violation
@@ -192,6 +193,11 @@ class Pipeline:
                 self.stats.infer_ms.append(timing.total_ms)
             score = self.options.detect.score
             detections = [d for d in detections if d.score >= score and (self.labels is None or d.label in self.labels)]
+            ignore = self.options.detect.ignore
+            if ignore:
+                detections = [d for d in detections
+                              if not any(inside(((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2), area)
+                                         for area in ignore)]
             tracks = self.tracker.update(detections, t)
         else:
             self.stats.gated += 1
