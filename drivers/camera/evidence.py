@@ -265,6 +265,14 @@ def build_violation(violation: Any, *, quality: int, crop: bool, plate: bool, bl
             if plate and violation.label != "person":
                 started = time.perf_counter()
                 text, confidence = PlateReader.read(cut)
+                # the largest view may be blurred or the plate hidden: the other shots, larger first
+                for shot in sorted((s for s in violation.shots if s is not best),
+                                   key=lambda s: -(s.box[2] - s.box[0]) * (s.box[3] - s.box[1])):
+                    if text is not None:
+                        break
+                    sx1, sy1, sx2, sy2 = clip_box(shot.box, shot.frame.image.shape, 0.05)
+                    if sx2 > sx1 and sy2 > sy1:
+                        text, confidence = PlateReader.read(shot.frame.image[sy1:sy2, sx1:sx2])
                 data["plate"] = text
                 data["plate_confidence"] = confidence
                 data["ocr_ms"] = round((time.perf_counter() - started) * 1000, 1)
