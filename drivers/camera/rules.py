@@ -459,6 +459,9 @@ class ZoneIntrusion(_Dwell):
                 self.ended.append((t, box, track_id in self.done, track_id in self.seen_outside))
             self.seen_outside.discard(track_id)
             self.first_in.discard(track_id)
+        if self.ended:   # bounded: people walking past on the pavement all day end tracks too
+            newest = max(e[0] for e in self.ended)
+            self.ended = [e for e in self.ended if newest - e[0] < self.CONTINUE_WITHIN][-200:]
         super().forget(ids)
 
     def _predecessor(self, box: Box, now: float) -> tuple[bool, bool] | None:
