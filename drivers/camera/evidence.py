@@ -258,21 +258,19 @@ def build_violation(violation: Any, *, quality: int, crop: bool, plate: bool, bl
         h, w = violation.shots[0].frame.image.shape[:2]
         data["frame_size"] = [w, h]
     if (crop or plate) and violation.shots:
-        best = max(violation.shots, key=lambda s: (s.box[2] - s.box[0]) * (s.box[3] - s.box[1]))
+        by_size = sorted(violation.shots, key=lambda s: -(s.box[2] - s.box[0]) * (s.box[3] - s.box[1]))
+        best = by_size[0]
         x1, y1, x2, y2 = clip_box(best.box, best.frame.image.shape, 0.05)
         cut = best.frame.image[y1:y2, x1:x2]
         if cut.size:
             if plate and violation.label != "person":
                 started = time.perf_counter()
-                text, confidence = PlateReader.read(cut)
-                # the largest view may be blurred or the plate hidden: the other shots, larger first
-                for shot in sorted((s for s in violation.shots if s is not best),
-                                   key=lambda s: -(s.box[2] - s.box[0]) * (s.box[3] - s.box[1])):
+                # the largest view first; it may be blurred or the plate hidden: then the others
+                for shot in by_size:
+                    sx1, sy1, sx2, sy2 = clip_box(shot.box, shot.frame.image.shape, 0.05)
+                    text, confidence = PlateReader.read(shot.frame.image[sy1:sy2, sx1:sx2])
                     if text is not None:
                         break
-                    sx1, sy1, sx2, sy2 = clip_box(shot.box, shot.frame.image.shape, 0.05)
-                    if sx2 > sx1 and sy2 > sy1:
-                        text, confidence = PlateReader.read(shot.frame.image[sy1:sy2, sx1:sx2])
                 data["plate"] = text
                 data["plate_confidence"] = confidence
                 data["ocr_ms"] = round((time.perf_counter() - started) * 1000, 1)
