@@ -86,19 +86,9 @@ def match(truth: list[dict[str, Any]], found: list[dict[str, Any]], cutoff: floa
     ``cutoff``: the end of the judged window. Everything is matched, then what is left over after
     the cutoff is not counted: a violation staged in the last seconds may not be decided yet, and a
     decision just before the end may belong to a truth recorded just after it."""
-    pairs = []
-    used: set[int] = set()
-    for gt in sorted(truth, key=lambda r: r["t"]):
-        best, best_dt = None, None
-        for i, f in enumerate(found):
-            if i in used or f["type"] != gt["type"]:
-                continue
-            dt = abs(f["t"] - gt["t"])
-            if dt <= TOLERANCE[gt["type"]] and (best_dt is None or dt < best_dt):
-                best, best_dt = i, dt
-        if best is not None:
-            used.add(best)
-            pairs.append((gt, found[best]))
+    indexed = pair_up(truth, found)
+    pairs = [(gt, found[i]) for gt, i in indexed]
+    used = {i for _, i in indexed}
     if cutoff is not None:
         matched_truth = {id(gt) for gt, _ in pairs}
         truth = [gt for gt in truth if gt["t"] <= cutoff or id(gt) in matched_truth]
@@ -348,7 +338,7 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
         result = match(truth, found, cutoff=end - 8)
         # violation moment (simulator's clock) -> evidence record committed in the agent's outbox
         latency, parts = [], {}
-        for gt, f in _pairs(truth, found):
+        for gt, f in ((gt, found[i]) for gt, i in pair_up(truth, found)):
             record = commits.get(f["id"])
             if record is not None:
                 latency.append(record["committed_ms"] - gt["t"] * 1000)
@@ -383,7 +373,9 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _pairs(truth: list[dict[str, Any]], found: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+def pair_up(truth: list[dict[str, Any]], found: list[dict[str, Any]]) -> list[tuple[dict, int]]:
+    """Each truth (earliest first) with the index of the nearest unused finding of its type within
+    its tolerance: one-to-one."""
     pairs, used = [], set()
     for gt in sorted(truth, key=lambda r: r["t"]):
         candidates = [(abs(f["t"] - gt["t"]), i) for i, f in enumerate(found)
@@ -391,7 +383,7 @@ def _pairs(truth: list[dict[str, Any]], found: list[dict[str, Any]]) -> list[tup
         if candidates:
             _, i = min(candidates)
             used.add(i)
-            pairs.append((gt, found[i]))
+            pairs.append((gt, i))
     return pairs
 
 
