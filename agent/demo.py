@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import os
 import random
@@ -47,7 +46,6 @@ from agent.config import load_config
 
 log = logging.getLogger("agent.demo")
 
-REPO = Path(__file__).resolve().parents[1]
 GATEWAY, SITE = "gw-demo-0001", "demo"
 HJ212_MN = "010000A8900016F000169DC0"
 FIRE_ADDRESS = 889
@@ -348,19 +346,6 @@ def _fire_panel(port: int, first: float = 10.0, hold: float = 10.0, every: float
         panel.stop()
 
 
-def _junction_camera() -> Callable[..., dict[str, Any]]:
-    """bench/camera.py's `junction_camera`, the `cameras:` entry for the simulated junction (the
-    bench is no package: loaded from the checkout)."""
-    path = REPO / "bench" / "camera.py"
-    if not path.exists():
-        raise RuntimeError(f"{path} not found (the demo needs a checkout of the repository)")
-    spec = importlib.util.spec_from_file_location("_demo_bench_camera", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.junction_camera
-
-
 # -- the run -------------------------------------------------------------------------------------
 
 def run_demo(state_dir: Path | None = None, duration: float | None = None, live: bool = True,
@@ -425,11 +410,10 @@ def run_demo(state_dir: Path | None = None, duration: float | None = None, live:
         at.signal_port = controller.snmp_address[1] if controller else None
 
         def start_camera() -> dict[str, Any]:
-            from tests.hardware_sim.camera_sim import CameraSim
+            from tests.hardware_sim.camera_sim import CameraSim, junction_camera
             from tests.hardware_sim.signal_controller import DEFAULT_PLAN
             camera = CameraSim(plan=DEFAULT_PLAN, plan_epoch=controller.controller.t0, fps=10, size=(1280, 720),
                                seed=1, flow=6.0, rates=CAMERA_RATES)
-            junction_camera = _junction_camera()   # first: a missing bench leaves nothing running
             stack.enter_context(camera)
             return junction_camera(camera.junction, url=camera.url, signal_device=SIGNAL_ID, cam_id=CAMERA_ID)
         if controller is not None:

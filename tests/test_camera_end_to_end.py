@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from bench.camera import junction_camera
 from tests.agent_proc import AgentProcess, agent_config
-from tests.hardware_sim.camera_sim import CameraSim
+from tests.hardware_sim.camera_sim import CameraSim, junction_camera
 from tests.hardware_sim.signal_controller import FAST_PLAN, SignalControllerSim
 from tests.test_signal_controller import ntcip_entry
 

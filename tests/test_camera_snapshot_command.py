@@ -10,9 +10,8 @@ import sys
 import pytest
 import yaml
 
-from bench.camera import junction_camera
 from tests.agent_proc import REPO, AgentProcess, agent_config
-from tests.hardware_sim.camera_sim import CameraSim
+from tests.hardware_sim.camera_sim import CameraSim, junction_camera
 from tests.hardware_sim.signal_controller import FAST_PLAN
 
 pytestmark = pytest.mark.timeout(90)

@@ -120,6 +120,52 @@ def read_stamp(frame: np.ndarray) -> int | None:
 
 # -- the RTSP server child -------------------------------------------------------------------------
 
+# -- the camera's config on the agent's side ------------------------------------------------------
+
+def junction_camera(junction: Junction | None = None, *, url: str = "rtsp://127.0.0.1:8554/cam1",
+                    signal_device: str = "tsc-01", dwell: float = 30.0, cam_id: str = "cam-01",
+                    **extra: Any) -> dict[str, Any]:
+    """A `cameras:` entry for the simulated junction: its stop line, lanes, no-parking zone and
+    carriageway as rules, in the camera's pixels."""
+    J = junction or Junction()
+
+    def pts(points):
+        return [[round(x, 1), round(y, 1)] for x, y in points]
+
+    lane_width = 0.4 * J.LANE * J.sx
+    rules: list[dict[str, Any]] = [
+        # northbound traffic drives away from the camera: its front bumper is about a quarter of the
+        # way down its box (the roof rises above the footprint)
+        {"type": "red_light", "name": "nb-stop", "line": pts(J.stop_line), "direction": "up", "anchor": 0.27,
+         "confirm_distance": 30},
+        {"type": "illegal_parking", "name": "no-parking", "zone": pts(J.no_parking_zone), "dwell": dwell,
+         "anchor": 0.6, "still_px": 20},
+        {"type": "zone_intrusion", "name": "carriageway", "zone": pts(J.carriageway), "classes": ["person"],
+         "min_time": "300ms"},
+    ]
+    # wrong way on the northbound lanes: the through lane all the way (straight on through the
+    # junction), the turn lanes only up to the junction box, where cross traffic mixes with them
+    for lane in ("nb_left", "nb_through", "nb_right"):
+        path = J.lanes[lane] if lane == "nb_through" else [p for p in J.lanes[lane] if p[1] >= J.Y_SOUTH * J.sy]
+        rules.append({"type": "wrong_way", "name": f"ww-{lane}", "path": pts(path), "width": lane_width,
+                      "anchor": 0.6, "min_distance": 60, "min_time": "500ms"})
+    # the simulated camera's on-screen caption (top left) and frame-number strip (bottom left)
+    # change every frame and are not road: the motion gate and the detections ignore them, as one
+    # would set up a real camera's OSD clock
+    W, H = J.width, J.height
+    strip = stamp_cell(W) * 33
+    osd = [[[0, 0], [round(W * 0.6), 0], [round(W * 0.6), round(H * 0.06)], [0, round(H * 0.06)]],
+           [[0, H - 4 * stamp_cell(W)], [strip, H - 4 * stamp_cell(W)], [strip, H], [0, H]]]
+    # (the detector sees a car in the strip, its box reaching well above it)
+    not_road = [osd[0], [[0, H - 10 * stamp_cell(W)], [strip, H - 10 * stamp_cell(W)], [strip, H], [0, H]]]
+    entry = {"id": cam_id, "url": url, "model": "vehicles", "fps": 10, "motion": {"ignore": osd},
+             "detect": {"ignore": not_road},
+             "signal": {"device": signal_device, "point": f"phase{J.approach_phase}"},
+             "rules": rules, "evidence": {"clip_before": "6s", "clip_after": "6s"}}
+    entry.update(extra)
+    return entry
+
+
 class RtspServerProcess:
     """``rtsp_server.py`` under the system Python: started, fed frames, told about faults, stopped."""
 
