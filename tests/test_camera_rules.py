@@ -227,6 +227,24 @@ def test_zone_intrusion_a_person_hidden_as_they_step_in_still_came_from_outside(
     assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
 
 
+def test_zone_intrusion_a_person_glimpsed_once_on_the_kerb_came_from_outside():
+    """Seen on the kerb in one frame only (too few detections to confirm a track: min_hits 2),
+    then hidden by passing traffic until well on the road: the glimpse is where they came from.
+    Without it they would look like a detector's ghost in the middle of the zone."""
+    carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
+                                                    [640, 480], [0, 480]], "min_time": "500ms"})
+
+    def walker(t):     # bottom edge 180 at t=0 (kerb), 40 px/s down; seen at t=0, then only from t=2.5
+        y = 100 + 40 * t
+        return Det("person", 0.9, (300, y, 330, y + 80)) if t < 0.05 or t > 2.45 else None
+    found = run([carriageway], {"walker": walker}, 5.0)
+    assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
+    # a glimpse far from where the person shows up is someone else: not taken as their way in
+    ghost = {"kerb": moving(600, 100, 0, 0, label="person", w=30, h=80, end=0.05),
+             "ghost": moving(100, 300, 0, 0, label="person", w=30, h=80, start=2.5)}
+    assert run([carriageway], ghost, 5.0) == []
+
+
 def test_signal_board_history_gives_the_state_at_a_time_and_when_it_began():
     board = SignalBoard()
     for i, colour in enumerate(["green"] * 5 + ["yellow"] * 3 + ["red"] * 10):

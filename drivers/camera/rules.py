@@ -112,6 +112,10 @@ class _RuleBase:
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
         raise NotImplementedError
 
+    def ended(self, tracks: list[Track]) -> None:
+        """The tracker ended these tracks (confirmed or not): what was kept about them goes."""
+        self.forget(t.id for t in tracks)
+
     def forget(self, track_ids: Iterable[int]) -> None:
         for track_id in track_ids:
             self.done.discard(track_id)
@@ -433,8 +437,9 @@ class ZoneIntrusion(_Dwell):
     Tracks break: a person hidden behind a vehicle comes back under a new id. A new track that
     starts near where another one of the same kind ended, soon before, is taken as that person:
     it is not reported again if the old one was, and it counts as having come from outside if the
-    old one had. Something that shows up in the middle of the zone with no such predecessor (a
-    detector's mistake on a shadow or on a vehicle's flank) is not counted."""
+    old one had been seen there, even in detections too few to confirm it (someone glimpsed on the
+    kerb between two passing cars). Something that shows up in the middle of the zone with no such
+    predecessor (a detector's mistake on a shadow or on a vehicle's flank) is not counted."""
 
     label_kind = "in_zone_s"
     CONTINUE_WITHIN = 10.0       # seconds after a track ended
@@ -444,52 +449,62 @@ class ZoneIntrusion(_Dwell):
         super().__init__(name, cfg)
         self.seconds = cfg.min_time
         self.still_px = None
-        self.last_box: dict[int, tuple[float, Box]] = {}      # track -> (t, box) when last seen
         self.seen_outside: set[int] = set()
         self.first_in: set[int] = set()                       # tracks whose first moment in the zone was judged
-        self.ended: list[tuple[float, Box, bool, bool]] = []  # (ended at, last box, reported, seen outside)
+        self.ended_tracks: list[tuple[float, Box, bool, bool]] = []  # (ended at, last box, reported, seen outside)
         self.continued = 0                                     # new tracks taken for a reported person
         self.appeared_inside = 0                               # tracks first seen in the zone, from nowhere
+
+    def _outside(self, box: Box) -> bool:
+        return not inside(anchor(box, self.cfg.anchor), self.cfg.zone)
+
+    def _was_outside(self, track: Track) -> bool:
+        """Seen outside the zone: as a confirmed track, or in any detection it kept."""
+        return track.id in self.seen_outside or any(self._outside(entry[2]) for entry in track.history)
+
+    def ended(self, tracks: list[Track]) -> None:
+        for track in tracks:
+            if track.label in self.cfg.classes:
+                self.ended_tracks.append((track.last_t, track.box, track.id in self.done, self._was_outside(track)))
+        if self.ended_tracks:   # bounded: people walking past on the pavement all day end tracks too
+            newest = max(e[0] for e in self.ended_tracks)
+            self.ended_tracks = [e for e in self.ended_tracks if newest - e[0] < self.CONTINUE_WITHIN][-200:]
+        super().ended(tracks)
 
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
         for track_id in ids:
-            if track_id in self.last_box:
-                t, box = self.last_box.pop(track_id)
-                self.ended.append((t, box, track_id in self.done, track_id in self.seen_outside))
             self.seen_outside.discard(track_id)
             self.first_in.discard(track_id)
-        if self.ended:   # bounded: people walking past on the pavement all day end tracks too
-            newest = max(e[0] for e in self.ended)
-            self.ended = [e for e in self.ended if newest - e[0] < self.CONTINUE_WITHIN][-200:]
         super().forget(ids)
 
     def _predecessor(self, box: Box, now: float) -> tuple[bool, bool] | None:
         """(reported, seen outside) of the track this new one continues, if any (and forget it)."""
-        self.ended = [e for e in self.ended if now - e[0] < self.CONTINUE_WITHIN]
+        self.ended_tracks = [e for e in self.ended_tracks if now - e[0] < self.CONTINUE_WITHIN]
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         best = None
-        for i, (_, old, reported, outside) in enumerate(self.ended):
+        for i, (_, old, reported, outside) in enumerate(self.ended_tracks):
             reach = self.REACH * max(box[3] - box[1], old[3] - old[1])
             d = math.dist((cx, cy), ((old[0] + old[2]) / 2, (old[1] + old[3]) / 2))
             if d <= reach and (best is None or d < best[0]):
                 best = (d, i, reported, outside)
         if best is None:
             return None
-        del self.ended[best[1]]
+        del self.ended_tracks[best[1]]
         return best[2], best[3]
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
         for track in tracks:
             if track.last_t != frame.t or track.label not in self.cfg.classes:
                 continue
-            self.last_box[track.id] = (frame.t, track.box)
-            if not inside(anchor(track.box, self.cfg.anchor), self.cfg.zone):
+            if self._outside(track.box):
                 self.seen_outside.add(track.id)
                 continue
             if track.id in self.first_in or track.id in self.done:
                 continue
             self.first_in.add(track.id)
+            if self._was_outside(track):          # before it was confirmed
+                self.seen_outside.add(track.id)
             came_from = self._predecessor(track.box, frame.t) if track.id not in self.seen_outside else None
             if came_from is not None and came_from[0]:
                 self.done.add(track.id)               # the person already reported
@@ -525,9 +540,10 @@ class RuleSet:
                 raise ValueError(f"unknown rule {cfg!r}")
 
     def update(self, frame: Frame, tracks: list[Track], ended: Iterable[Track] = (), min_hits: int = 1) -> list[Violation]:
+        ended = list(ended)
         ended_ids = [t.id for t in ended]
         for rule in self.rules:
-            rule.forget(ended_ids)
+            rule.ended(ended)
         self.reported = {key for key in self.reported if key[1] not in set(ended_ids)}
         ready = [t for t in tracks if t.hits >= min_hits]
         out = []
