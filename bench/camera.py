@@ -75,6 +75,11 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
+def hidden_people(truth: list[dict[str, Any]], unseen: list[dict[str, Any]]) -> dict[str, int]:
+    """People the simulator's truth holds back or records late because vehicles hid them."""
+    return {"unseen": len(unseen), "late_in_view": sum(1 for r in truth if r.get("hidden_s"))}
+
+
 def report(title: str, result: dict[str, Any]) -> None:
     print(f"\n{title}")
     for kind, row in result["per_type"].items():
@@ -82,6 +87,9 @@ def report(title: str, result: dict[str, Any]) -> None:
               f"precision {pct(row['precision']):>8s}  recall {pct(row['recall']):>8s}")
     print(f"  {'all':16s} truth {result['truth']:3d}  found {result['found']:3d}  matched {result['matched']:3d}  "
           f"precision {pct(result['precision']):>8s}  recall {pct(result['recall']):>8s}")
+    if result.get("unseen") or result.get("late_in_view"):
+        print(f"  people on the carriageway behind vehicles: {result['unseen']} never in view (not in the truth), "
+              f"{result['late_in_view']} recorded when they came into view")
     if result["plates"]:
         print(f"  plate text: {result['plates_ok']}/{result['plates']} = {pct(result['plates_ok'] / result['plates'])}"
               + (f"; misses (truth, read): {result['plate_misses']}" if result["plate_misses"] else ""))
@@ -125,8 +133,8 @@ def offline(seconds: float, seed: int, fps: float, rates: float, dwell: float, v
     J = Junction()
     entry = junction_camera(J, dwell=dwell)
     options = Options.model_validate({k: v for k, v in entry.items() if k != "id"})
-    traffic = TrafficModel(J, seed=seed, rates=rates, dwell=dwell)
     renderer = JunctionRenderer(J, seed=seed)
+    traffic = TrafficModel(J, seed=seed, rates=rates, dwell=dwell, hidden=renderer.hidden_fraction)
     board = SignalBoard()
     results: list[tuple[str, Any]] = []
     if oracle:
@@ -181,6 +189,7 @@ def offline(seconds: float, seed: int, fps: float, rates: float, dwell: float, v
                 cv2.imwrite(str(Path(debug_dir) / f"{violation.t - t0:07.2f}-{violation.type}-{k}.jpg"), img)
     truth = [{**r, "t": r["t_violation"]} for r in traffic.ground_truth()]
     result = match(truth, found, cutoff=seconds - 3)
+    result.update(hidden_people(truth, traffic.unseen))
     stats = pipeline.stats.as_dict()
     cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
     result["pipeline"] = {"frames": frames, "detected": stats["detected"], "gated": stats["gated"],
@@ -292,6 +301,7 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
         found = [{"type": e["type"].split(".", 1)[1], "t": e["data"]["t_violation"] / 1000, "plate": e["data"].get("plate"),
                   "id": e["id"]} for e in events]
         result = match(truth, found, cutoff=end - 8)
+        result.update(hidden_people(truth, busy.model.unseen if busy else []))
         # violation moment (simulator's clock) -> evidence record committed in the agent's outbox
         latency, parts = [], {}
         for gt, f in ((gt, found[i]) for gt, i in pair_up(truth, found)):

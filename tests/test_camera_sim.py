@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from tests.hardware_sim.camera_sim import CameraSim, draw_stamp, read_stamp  # noqa: E402
-from tests.hardware_sim.junction import Junction  # noqa: E402
+from tests.hardware_sim.junction import Junction, JunctionRenderer, Pedestrian, make_vehicle  # noqa: E402
 from tests.hardware_sim.signal_controller import FAST_PLAN, signal_state_at  # noqa: E402
 from tests.hardware_sim.traffic import (  # noqa: E402
     VIOLATIONS, Rates, TrafficModel, plate_ok, point_in_polygon, read_truth)
@@ -216,6 +217,32 @@ def test_traffic_stages_every_violation_with_consistent_ground_truth(tmp_path: P
     for n in range(1, 60 * 25 + 1):
         again.step(n / 25)
     assert again.ground_truth() == [r for r in truth if r["t_violation"] <= 60]
+
+
+def test_a_person_behind_a_vehicle_is_in_the_truth_only_once_in_view() -> None:
+    """The camera cannot see someone behind a bus; the truth records them when they come into view,
+    and one never in view on the carriageway not at all (``unseen``)."""
+    junction = Junction()
+    renderer = JunctionRenderer(junction, seed=1, noise=False)
+    person = Pedestrian(1, 640.0, 400.0)
+    nearer = make_vehicle(junction, 2, "bus", 640.0, 430.0, 90.0, random.Random(1))    # drawn over the person
+    further = make_vehicle(junction, 3, "bus", 640.0, 370.0, 90.0, random.Random(1))   # drawn before
+    away = make_vehicle(junction, 4, "car", 100.0, 430.0, 90.0, random.Random(1))
+    assert renderer.hidden_fraction(person, [nearer]) > 0.8
+    assert renderer.hidden_fraction(person, [further, away]) == 0.0
+
+    def run(hidden) -> TrafficModel:
+        model = TrafficModel(junction, seed=7, plan=FAST_PLAN, rates=Rates(0, 0, 0, 4), hidden=hidden)
+        for n in range(1, 90 * FPS + 1):
+            model.step(n / FPS)
+        return model
+    plain, seen, never = run(None), run(renderer.hidden_fraction), run(lambda p, vehicles: 1.0)
+    people = {r["track"]: r for r in plain.ground_truth() if r["type"] == "zone_intrusion"}
+    assert len(people) >= 4
+    for r in seen.ground_truth():
+        assert r["t_violation"] == pytest.approx(people[r["track"]]["t_violation"] + r.get("hidden_s", 0.0), abs=0.06)
+    assert len(seen.ground_truth()) + len(seen.unseen) >= len(people) - 1     # (the last may still be walking)
+    assert never.ground_truth() == [] and len(never.unseen) >= len(people) - 1
 
 
 def test_frame_stamp_round_trip() -> None:

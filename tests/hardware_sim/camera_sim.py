@@ -338,7 +338,8 @@ class CameraSim:
         self.t0 = 0.0
         self.model = TrafficModel(self.junction, seed=seed, plan=plan, rates=rates, flow=flow, dwell=dwell,
                                   truth_path=self.truth_path, annotate=self._annotate,
-                                  signal_at=self._signal_at if signal else None)
+                                  signal_at=self._signal_at if signal else None,
+                                  hidden=self.renderer.hidden_fraction)
         self.bitrate = bitrate or max(300, int(2000 * self.width * self.height / (1280 * 720)))
         self.server = RtspServerProcess(host, port, mount, self.width, self.height, self.fps, self.bitrate,
                                         x264_threads)

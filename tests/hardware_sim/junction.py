@@ -585,6 +585,25 @@ class JunctionRenderer:
         h, w = self._pedestrian_size(p)
         return (p.x - w * 0.5, p.y - h * 0.9 - w * 0.28, p.x + w * 0.5, p.y)
 
+    def hidden_fraction(self, p: Pedestrian, vehicles: list[Vehicle]) -> float:
+        """How much of a pedestrian's figure (its box) the vehicles drawn over it cover, 0..1: the
+        camera cannot see someone standing behind a bus, and neither can an annotator."""
+        x1, y1, x2, y2 = self.pedestrian_box(p)
+        w, h = max(1, int(math.ceil(x2 - x1))), max(1, int(math.ceil(y2 - y1)))
+        mask = None
+        for v in vehicles:
+            if v.y <= p.y:              # drawn before the pedestrian (``render``'s order): behind
+                continue
+            vx1, vy1, vx2, vy2 = self.vehicle_box(v)
+            if vx2 <= x1 or vx1 >= x2 or vy2 <= y1 or vy1 >= y2:
+                continue
+            foot, roof, *_ = self._geometry(v)
+            hull = cv2.convexHull(np.vstack([foot, roof]).astype(np.float32)).reshape(-1, 2)
+            if mask is None:
+                mask = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(mask, [np.round(hull - (x1, y1)).astype(np.int32)], 1)
+        return 0.0 if mask is None else float(mask.mean())
+
     def render(self, scene: Scene) -> np.ndarray:
         img = self.background.copy()
         self._draw_signal(img, scene.signal.get(self.junction.approach_phase))
