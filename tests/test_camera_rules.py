@@ -180,6 +180,34 @@ def test_illegal_parking_a_car_hidden_long_after_it_parked_keeps_its_clock():
     assert len(found) == 1 and found[0].track == 2 and found[0].t == pytest.approx(1120.0, abs=0.6)
 
 
+def test_illegal_parking_a_reported_car_found_again_under_a_new_id_is_not_reported_twice():
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "zone": PARKING_ZONE, "dwell": "4s"})
+
+    def parked(t):     # reported at t=4, then hidden by a bus for 1.5 s: a new track at the same place
+        return None if 6.0 < t < 7.5 else Det("car", 0.9, (300, 250, 380, 330))
+    found = run([zone], {"parked": parked}, 16.0)
+    assert [(v.type, v.track) for v in found] == [("illegal_parking", 1)]
+
+
+def test_illegal_parking_the_next_car_to_stop_where_one_left_starts_its_own_clock():
+    """A car waits 6 s and drives off; the next one in the queue stops on the same spot a
+    moment later. It drove there: it does not take over the first one's clock."""
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "dwell": "10s", "anchor": 0.5,
+                                              "still_px": 20,
+                                              "zone": [[290, 320], [390, 320], [390, 345], [290, 345]]})
+
+    def first(t):      # at rest 0-6 s, then away to the right
+        x = 300 + 200 * max(0.0, t - 6.0)
+        return Det("car", 0.9, (x, 300, x + 80, 360)) if x < 640 else None
+
+    def second(t):     # comes down from the top from t=6.5, at rest on the same spot 8.5-16 s (7.5 s)
+        if not 6.5 <= t <= 16.0:
+            return None
+        y = min(300.0, 100 + 100 * (t - 6.5))
+        return Det("car", 0.9, (300, y, 380, y + 60))
+    assert run([zone], {"first": first, "second": second}, 18.0) == []
+
+
 def test_zone_intrusion_by_a_person_not_by_a_car():
     carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
                                                     [640, 480], [0, 480]], "min_time": "1s"})

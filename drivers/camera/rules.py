@@ -329,6 +329,17 @@ class WrongWay(_RuleBase):
         return out
 
 
+@dataclass(slots=True)
+class _Ghost:
+    """A parked vehicle's clock kept after its track ended or its box left the zone, until it may
+    be found again (``until``)."""
+    until: float
+    entry: _Obs
+    half: _Obs | None
+    owner: int                 # the track it belonged to
+    reported: bool             # its violation was already decided
+
+
 class _Dwell(_RuleBase):
     """In the zone for `seconds` (and, for parking, not moving more than `still_px`)."""
 
@@ -344,9 +355,7 @@ class _Dwell(_RuleBase):
         self.entry: dict[int, _Obs] = {}
         self.half: dict[int, _Obs] = {}
         self.away: dict[int, int] = {}        # observations in a row beyond still_px of the entry
-        # entries of tracks that ended or whose box left the zone, until they may be found again:
-        # (forget after, entry, half)
-        self.ghosts: list[tuple[float, _Obs, _Obs | None]] = []
+        self.ghosts: list[_Ghost] = []
         self.last_t = 0.0
 
     def _stores(self) -> list[dict]:
@@ -355,21 +364,25 @@ class _Dwell(_RuleBase):
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
         for track_id in ids:
-            if self.still_px is not None and track_id in self.entry and track_id not in self.done:
-                entry = self.entry[track_id]
-                # a passing bus can hide a parked car for a while
-                self.ghosts.append((self.last_t + self.LOST_KEEP, entry, self.half.get(track_id)))
+            if self.still_px is not None and track_id in self.entry:
+                # a passing bus can hide a parked car for a while; one already reported is kept
+                # too, or its new track would be reported again a dwell later
+                self.ghosts.append(_Ghost(self.last_t + self.LOST_KEEP, self.entry[track_id], self.half.get(track_id),
+                                          track_id, track_id in self.done))
         super().forget(ids)
 
-    def _adopt(self, obs: _Obs, now: float) -> tuple[_Obs, _Obs | None] | None:
-        """A track that lost its id (occluded by a passing bus) comes back as a new one at the same
-        place: it keeps its arrival time."""
+    def _adopt(self, track: Track, obs: _Obs, now: float) -> _Ghost | None:
+        """A track that lost its id (occluded by a passing bus, taken over by a car passing close)
+        comes back as a new one *born* at the same place: it keeps the arrival time. A vehicle that
+        drove there is another one (the next car in a queue stopping where the last one stood), as
+        is one that only passes through the ghost's box."""
         from drivers.camera.geometry import iou
-        self.ghosts = [g for g in self.ghosts if now <= g[0]]
-        for i, (_, entry, half) in enumerate(self.ghosts):
-            if iou(entry.box, obs.box) > 0.5:
+        self.ghosts = [g for g in self.ghosts if now <= g.until]
+        born = track.history[0][2] if track.history else obs.box
+        for i, ghost in enumerate(self.ghosts):
+            if iou(ghost.entry.box, obs.box) > 0.5 and (ghost.owner == track.id or iou(ghost.entry.box, born) > 0.5):
                 del self.ghosts[i]
-                return entry, half
+                return ghost
         return None
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
@@ -385,15 +398,17 @@ class _Dwell(_RuleBase):
                 if entry is not None and self.still_px is not None:
                     # a box that jumped (a car cut by the frame's edge, another one passing close)
                     # may come back where it was: briefly, the clock is kept for it
-                    self.ghosts.append((frame.t + self.JUMP_KEEP, entry, half))
+                    self.ghosts.append(_Ghost(frame.t + self.JUMP_KEEP, entry, half, track.id, False))
                 continue
             entry = self.entry.get(track.id)
             if entry is None:
-                adopted = self._adopt(obs, frame.t) if self.still_px is not None else None
-                if adopted is not None:
-                    self.entry[track.id] = adopted[0]
-                    if adopted[1] is not None:
-                        self.half[track.id] = adopted[1]
+                ghost = self._adopt(track, obs, frame.t) if self.still_px is not None else None
+                if ghost is not None:
+                    self.entry[track.id] = ghost.entry
+                    if ghost.half is not None:
+                        self.half[track.id] = ghost.half
+                    if ghost.reported:
+                        self.done.add(track.id)       # the vehicle already reported, under a new id
                 else:
                     self.entry[track.id] = obs
                 continue
