@@ -145,3 +145,40 @@ def test_detections_centred_in_a_detect_ignore_area_are_dropped():
 
     assert tracks_after_two_frames({}) == 1
     assert tracks_after_two_frames({"ignore": [area]}) == 0
+
+
+def test_two_people_crossing_keep_their_ids_by_their_look():
+    """Two people walk past each other along one line; where they overlap the detector sees one
+    figure for a few frames. Boxes alone cannot say who is who after that; the colour of their
+    shirts, drawn into a real image and read back with ``look_of``, can."""
+    import numpy as np
+
+    from drivers.camera.tracker import look_of
+
+    def figure(image, x, shirt):
+        image[100:112, int(x) + 4:int(x) + 12] = (120, 150, 185)      # head
+        image[112:135, int(x):int(x) + 16] = shirt                      # shirt
+        image[135:160, int(x) + 2:int(x) + 14] = (40, 40, 40)          # trousers
+
+    for with_looks in (False, True):    # boxes alone swap or break the two here; with their looks, not
+        tracker = Tracker(max_gap=1.0, min_hits=1)
+        owner: dict[str, set[int]] = {"red": set(), "blue": set()}
+        for i in range(40):
+            t = i / 7
+            xa, xb = 100 + 7 * i, 373 - 7 * i                            # meet at i ~ 19.5
+            image = np.full((240, 480, 3), 90, np.uint8)
+            figure(image, xa, (30, 30, 200))
+            figure(image, xb, (200, 60, 30))
+            if abs(xa - xb) < 24:                                        # merged: one box over both
+                dets = [Det("person", 0.8, (min(xa, xb), 100, max(xa, xb) + 16, 160))]
+                truth = [None]
+            else:
+                dets = [Det("person", 0.9, (xa, 100, xa + 16, 160)), Det("person", 0.9, (xb, 100, xb + 16, 160))]
+                truth = ["red", "blue"]
+            looks = [look_of(image, d.box) for d in dets] if with_looks else None
+            tracker.update(dets, t, looks)
+            for det, who in zip(dets, truth):
+                if who is not None:
+                    owner[who] |= {tr.id for tr in tracker.tracks.values() if tr.box == det.box and tr.last_t == t}
+        kept = len(owner["red"]) == 1 and len(owner["blue"]) == 1 and owner["red"] != owner["blue"]
+        assert kept == with_looks, (with_looks, owner)

@@ -30,7 +30,7 @@ from drivers.camera.geometry import inside
 from drivers.camera.options import Options
 from drivers.camera.reader import RawFrame, Reader
 from drivers.camera.rules import Frame, RuleSet, SignalFn, Violation
-from drivers.camera.tracker import Tracker
+from drivers.camera.tracker import Tracker, look_of
 
 log = logging.getLogger("drivers.camera")
 
@@ -198,7 +198,7 @@ class Pipeline:
                 detections = [d for d in detections
                               if not any(inside(((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2), area)
                                          for area in ignore)]
-            tracks = self.tracker.update(detections, t)
+            tracks = self.tracker.update(detections, t, [look_of(image, d.box) for d in detections])
         else:
             self.stats.gated += 1
             tracks = self.tracker.hold(t)

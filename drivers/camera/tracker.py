@@ -5,6 +5,11 @@ Enough for a fixed camera at 5-15 processed frames a second: a road user moves a
 own size between frames, so the predicted box overlaps the next detection. Labels that flicker
 among vehicle classes (car/truck) do not break a track: vehicles match vehicles, and the track's
 label is the one seen most often.
+
+Where boxes alone are ambiguous (two people crossing, each overlapping both predictions) a road
+user's *look*, the mean colour of the middle of its box (a shirt, a roof), breaks the tie: an
+overlap with a different look counts for less. It only orders the candidate pairs, never vetoes
+one, so a look changed by light or by a vehicle behind a person does not break a track.
 """
 
 from __future__ import annotations
@@ -12,12 +17,36 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol, Sequence
 
 from drivers.camera.geometry import Box, Pt, anchor, centre, iou
 
 VEHICLE_LABELS = frozenset({"car", "bus", "truck", "motorcycle", "van", "vehicle"})
 HISTORY = 200   # positions kept per track: ~20 s at 10 fps, enough for dwell and wrong-way windows
+LOOK_WEIGHT = 0.5   # overlap taken off a pair whose looks are wholly different ...
+LOOK_SPAN = 100.0   # ... which is this far apart in BGR
+Look = tuple[float, float, float]
+
+
+def look_of(image: Any, box: Box) -> Look | None:
+    """Mean BGR of the middle of a box: x from 1/4 to 3/4, y from 15 % to 55 % of its height (a
+    person's shirt, a car's roof). None for a box too small or outside the image."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    ax, bx = max(0, int(x1 + 0.25 * bw)), min(w, int(x2 - 0.25 * bw) + 1)
+    ay, by = max(0, int(y1 + 0.15 * bh)), min(h, int(y1 + 0.55 * bh) + 1)
+    if bx <= ax or by <= ay:
+        return None
+    m = image[ay:by, ax:bx].reshape(-1, image.shape[2]).mean(axis=0)
+    return (float(m[0]), float(m[1]), float(m[2]))
+
+
+def _unlike(a: Look | None, b: Look | None) -> float:
+    """0 (the same look, or unknown) .. 1 (wholly different)."""
+    if a is None or b is None:
+        return 0.0
+    return min(1.0, math.dist(a, b) / LOOK_SPAN)
 
 
 class DetectionLike(Protocol):
@@ -44,6 +73,7 @@ class Track:
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))   # (t, anchor, box)
     labels: Counter = field(default_factory=Counter)
     misses: int = 0                # detector runs in a row without a match
+    look: Look | None = None       # mean colour of the middle of its box, smoothed
 
     @property
     def anchor(self) -> Pt:
@@ -72,9 +102,12 @@ class Tracker:
         self.next_id = 1
         self.ended: list[Track] = []   # tracks ended by the last update, for the rules to forget
 
-    def update(self, detections: Iterable[DetectionLike], t: float) -> list[Track]:
-        """Match the detections of a frame taken at ``t`` (seconds); returns the live tracks."""
+    def update(self, detections: Iterable[DetectionLike], t: float,
+               looks: Sequence[Look | None] | None = None) -> list[Track]:
+        """Match the detections of a frame taken at ``t`` (seconds); returns the live tracks.
+        ``looks``: each detection's :func:`look_of`, where the caller has the image."""
         dets = [d for d in detections]
+        looks = list(looks) if looks is not None else [None] * len(dets)
         live = list(self.tracks.values())
         predicted = {tr.id: tr.predict(t) for tr in live}
         pairs = []
@@ -84,7 +117,7 @@ class Tracker:
                     continue
                 overlap = iou(predicted[tr.id], det.box)
                 if overlap >= self.iou_threshold:
-                    pairs.append((overlap, ti, di))
+                    pairs.append((overlap - LOOK_WEIGHT * _unlike(tr.look, looks[di]), ti, di))
         pairs.sort(reverse=True)
         used_t: set[int] = set()
         used_d: set[int] = set()
@@ -118,13 +151,13 @@ class Tracker:
             matches.append((ti, di))
 
         for ti, di in matches:
-            self._continue(live[ti], dets[di], t)
+            self._continue(live[ti], dets[di], t, looks[di])
         for ti, tr in enumerate(live):
             if ti not in used_t:
                 tr.misses += 1
         for di, det in enumerate(dets):
             if di not in used_d:
-                self._start(det, t)
+                self._start(det, t, looks[di])
         self.ended = [tr for tr in self.tracks.values() if t - tr.last_t > self.max_gap]
         for tr in self.ended:
             del self.tracks[tr.id]
@@ -147,16 +180,18 @@ class Tracker:
         self.ended = list(self.tracks.values())
         self.tracks.clear()
 
-    def _start(self, det: DetectionLike, t: float) -> None:
+    def _start(self, det: DetectionLike, t: float, look: Look | None = None) -> None:
         box = tuple(float(v) for v in det.box)
-        track = Track(self.next_id, det.label, box, float(det.score), t, t, best_score=float(det.score))
+        track = Track(self.next_id, det.label, box, float(det.score), t, t, best_score=float(det.score), look=look)
         track.labels[det.label] += 1
         track.history.append((t, track.anchor, box))
         self.tracks[track.id] = track
         self.next_id += 1
 
-    def _continue(self, tr: Track, det: DetectionLike, t: float) -> None:
+    def _continue(self, tr: Track, det: DetectionLike, t: float, look: Look | None = None) -> None:
         box = tuple(float(v) for v in det.box)
+        if look is not None:
+            tr.look = look if tr.look is None else tuple(0.7 * a + 0.3 * b for a, b in zip(tr.look, look))
         dt = t - tr.last_t
         if dt > 1e-3:
             (ox, oy), (nx, ny) = centre(tr.box), centre(box)
