@@ -182,3 +182,43 @@ def test_two_people_crossing_keep_their_ids_by_their_look():
                     owner[who] |= {tr.id for tr in tracker.tracks.values() if tr.box == det.box and tr.last_t == t}
         kept = len(owner["red"]) == 1 and len(owner["blue"]) == 1 and owner["red"] != owner["blue"]
         assert kept == with_looks, (with_looks, owner)
+
+
+def test_a_person_the_motion_gate_cannot_see_is_followed_on_every_frame_until_they_stand():
+    """The real shipped model on rendered frames of an empty junction: a person walks along the
+    zebra crossing, a few pixels a frame, under the motion gate's threshold. Once glimpsed they are
+    looked for on every frame (confirmed at once, tracked as they move); standing, they cost a
+    detector run per ``idle_interval`` only."""
+    from drivers.camera.options import Options
+    from drivers.camera.pipeline import Pipeline
+    from drivers.camera.reader import RawFrame
+    from models.runtime import Detector
+    from tests.hardware_sim.junction import Junction, JunctionRenderer, Pedestrian, Scene
+
+    J = Junction()
+    renderer = JunctionRenderer(J, seed=2, noise=False)
+    y = (J.Y_ZEBRA[0] + J.Y_ZEBRA[1]) / 2 * J.sy
+    detector = Detector("vehicles")
+    options = Options.model_validate({"url": "rtsp://127.0.0.1:1/x", "model": "vehicles",
+                                      "evidence": {"clip_format": "none", "plate": False}})
+    pipeline = Pipeline("t", options, None, lambda: detector, None, lambda kind, payload: None)
+    pipeline.detector = detector
+    fps, walked_for, seq = 7.0, 3.0, 0
+    runs, gate = [], []
+    for phase, seconds in (("walk", walked_for), ("stand", 4.0)):
+        for _ in range(int(seconds * fps)):
+            seq += 1
+            t = seq / fps
+            x = 400 + 25 * min(t, walked_for)               # 25 px/s: ~3.5 px a frame
+            image = renderer.render(Scene(t=t, pedestrians=[Pedestrian(7, x, y)]))
+            before = pipeline.stats.detected
+            pipeline.process(RawFrame(seq, 1000.0 + t, image))
+            runs.append((phase, pipeline.stats.detected > before))
+            gate.append(pipeline.gate.last_fraction)
+    assert max(gate[1:]) < options.motion.threshold, "the premise: the gate does not see them walk"
+    people = [tr for tr in pipeline.tracker.tracks.values() if tr.label == "person"]
+    assert len(people) == 1 and people[0].hits >= 2 * fps, people
+    walking = [ran for phase, ran in runs if phase == "walk"]
+    assert all(walking), walking
+    standing = [ran for phase, ran in runs if phase == "stand"]
+    assert sum(standing) <= 4.0 / options.motion.idle_interval + 5, standing

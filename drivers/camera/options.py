@@ -263,7 +263,9 @@ class Motion(_Strict):
     enabled: bool = True
     threshold: float = Field(default=0.001, ge=0, le=1)   # fraction of (downscaled) pixels that changed
     pixel_delta: int = Field(default=18, ge=1, le=255)     # grey-level change that counts
-    idle_interval: Duration = 2.0     # run the detector at least this often anyway (parked cars, slow creep)
+    # run the detector at least this often anyway: parked cars, slow creep, and someone far off
+    # walking too few pixels a frame for the gate, who reaches the kerb in a second or two
+    idle_interval: Duration = 0.5
     # areas whose changes never count as motion, in frame pixels: the camera's on-screen clock and
     # caption, a screen or a tree in the picture (a ticking OSD clock would otherwise wake the
     # detector on every frame of an empty street)

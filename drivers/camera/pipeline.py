@@ -170,6 +170,14 @@ class Pipeline:
                     log.exception("camera %s: frame %d could not be processed", self.name, raw.seq)
                 self.stats.last_error = message
 
+    def _unsettled(self) -> bool:
+        """Tracks the motion gate cannot vouch for: one still moving, or one seen too few times to
+        be confirmed (someone just glimpsed). A person far off walks a pixel a frame in the gate's
+        thumbnail, under its threshold: until they are confirmed and standing, keep looking."""
+        min_hits = self.options.tracker.min_hits
+        return any(tr.hits < min_hits or abs(tr.velocity[0]) + abs(tr.velocity[1]) > 3.0
+                   for tr in self.tracker.tracks.values())
+
     def process(self, raw: RawFrame) -> list[Violation]:
         """One frame through the gate, detector, tracker and rules (public for tests and benches)."""
         started = time.perf_counter()
@@ -183,8 +191,7 @@ class Pipeline:
         self._shape = image.shape
         t = raw.t
         moved = self.gate.moved(image) if self.options.motion.enabled else True
-        moving_tracks = any(abs(tr.velocity[0]) + abs(tr.velocity[1]) > 3.0 for tr in self.tracker.tracks.values())
-        if moved or moving_tracks or t - self._last_detect >= self.options.motion.idle_interval:
+        if moved or self._unsettled() or t - self._last_detect >= self.options.motion.idle_interval:
             detections = self.detector.detect(image)
             self._last_detect = t
             self.stats.detected += 1
