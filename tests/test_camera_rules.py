@@ -273,6 +273,19 @@ def test_zone_intrusion_a_person_glimpsed_once_on_the_kerb_came_from_outside():
     assert run([carriageway], ghost, 5.0) == []
 
 
+def test_zone_intrusion_a_person_hidden_for_seconds_is_looked_for_as_far_as_they_could_walk():
+    """Behind a parked car for 4 s a walker covers 160 px, more than two body heights (140): the
+    track that shows up there continues theirs all the same."""
+    carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
+                                                    [640, 480], [0, 480]], "min_time": "500ms"})
+
+    def walker(t):     # bottom edge 150 at t=0, 40 px/s down: crosses y=200 at 1.25 s, hidden 1.5-5.5 s
+        y = 80 + 40 * t
+        return None if 1.5 < t < 5.5 else Det("person", 0.9, (300, y, 320, y + 70))
+    found = run([carriageway], {"walker": walker}, 7.0)
+    assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
+
+
 def test_signal_board_history_gives_the_state_at_a_time_and_when_it_began():
     board = SignalBoard()
     for i, colour in enumerate(["green"] * 5 + ["yellow"] * 3 + ["red"] * 10):

@@ -450,7 +450,8 @@ class ZoneIntrusion(_Dwell):
     """A dwell in the zone, once per person, counted when they cross its edge (``from_outside``).
 
     Tracks break: a person hidden behind a vehicle comes back under a new id. A new track that
-    starts near where another one of the same kind ended, soon before, is taken as that person:
+    starts near where another one of the same kind ended, soon before (within the distance a
+    person walks in the time since), is taken as that person:
     it is not reported again if the old one was, and it counts as having come from outside if the
     old one had been seen there, even in detections too few to confirm it (someone glimpsed on the
     kerb between two passing cars). Something that shows up in the middle of the zone with no such
@@ -458,7 +459,9 @@ class ZoneIntrusion(_Dwell):
 
     label_kind = "in_zone_s"
     CONTINUE_WITHIN = 10.0       # seconds after a track ended
-    REACH = 2.0                  # body heights from where it ended
+    REACH = 2.0                  # body heights from where it ended, at once ...
+    WALK = 1.2                   # ... plus this many a second since (a brisk 2 m/s) ...
+    REACH_MAX = 6.0              # ... up to this many
 
     def __init__(self, name: str, cfg: ZoneIntrusionRule):
         super().__init__(name, cfg)
@@ -498,8 +501,9 @@ class ZoneIntrusion(_Dwell):
         self.ended_tracks = [e for e in self.ended_tracks if now - e[0] < self.CONTINUE_WITHIN]
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         best = None
-        for i, (_, old, reported, outside) in enumerate(self.ended_tracks):
-            reach = self.REACH * max(box[3] - box[1], old[3] - old[1])
+        for i, (ended_at, old, reported, outside) in enumerate(self.ended_tracks):
+            heights = min(self.REACH_MAX, max(self.REACH, 1.0 + self.WALK * (now - ended_at)))
+            reach = heights * max(box[3] - box[1], old[3] - old[1])
             d = math.dist((cx, cy), ((old[0] + old[2]) / 2, (old[1] + old[3]) / 2))
             if d <= reach and (best is None or d < best[0]):
                 best = (d, i, reported, outside)
