@@ -286,6 +286,21 @@ def test_zone_intrusion_a_person_hidden_for_seconds_is_looked_for_as_far_as_they
     assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
 
 
+def test_zone_intrusion_a_person_seen_in_the_zone_before_a_break_is_reported_as_soon_as_seen_again():
+    """In the zone for 0.25 s, then behind a van for 2 s: their new track has been in the zone
+    since they stepped in, so it is reported on its first confirmed frame, dated from the step."""
+    carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
+                                                    [640, 480], [0, 480]], "min_time": "500ms"})
+
+    def walker(t):     # bottom edge 150 at t=0, 40 px/s down: crosses y=200 at 1.25 s, hidden 1.55-3.5 s
+        y = 80 + 40 * t
+        return None if 1.55 < t < 3.5 else Det("person", 0.9, (300, y, 320, y + 70))
+    found = run([carriageway], {"walker": walker}, 6.0)
+    assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
+    assert found[0].decided <= 1003.65                     # seen again at 3.5, confirmed at 3.6
+    assert found[0].t == pytest.approx(1001.8, abs=0.11)   # stepped in at ~1.3 (first frame inside) + 0.5
+
+
 def test_signal_board_history_gives_the_state_at_a_time_and_when_it_began():
     board = SignalBoard()
     for i, colour in enumerate(["green"] * 5 + ["yellow"] * 3 + ["red"] * 10):

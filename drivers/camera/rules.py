@@ -21,6 +21,7 @@ the agent's latest readings and tests feed directly.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from drivers.camera.options import (
     IllegalParkingRule, RedLightRule, SignalSource, StopLineRule, WrongWayRule, ZoneIntrusionRule, rule_name,
 )
 from drivers.camera.tracker import Track
+
+# decisions not to report, at debug level: what a technician needs to see why a violation was missed
+log = logging.getLogger("drivers.camera.rules")
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +333,10 @@ class WrongWay(_RuleBase):
         return out
 
 
+def _px(box: Box) -> str:
+    return "(" + ",".join(str(round(v)) for v in box) + ")"
+
+
 @dataclass(slots=True)
 class _Ghost:
     """A parked vehicle's clock kept after its track ended or its box left the zone, until it may
@@ -409,8 +417,11 @@ class _Dwell(_RuleBase):
                         self.half[track.id] = ghost.half
                     if ghost.reported:
                         self.done.add(track.id)       # the vehicle already reported, under a new id
+                    log.debug("%s: track %d at %s takes over the clock of track %d from %.1f%s", self.name, track.id,
+                              _px(obs.box), ghost.owner, ghost.entry.t, " (reported)" if ghost.reported else "")
                 else:
                     self.entry[track.id] = obs
+                    log.debug("%s: track %d enters at %s", self.name, track.id, _px(obs.box))
                 continue
             away = self.still_px is not None and math.dist(obs.p, entry.p) > self.still_px
             self.away[track.id] = self.away.get(track.id, 0) + 1 if away else 0
@@ -420,6 +431,7 @@ class _Dwell(_RuleBase):
                 # now. A car that rolls the last few pixels to a stop came to rest before it was
                 # that far from where the clock last started.
                 self.away[track.id] = 0
+                log.debug("%s: track %d moved to %s: its clock starts again", self.name, track.id, _px(obs.box))
                 since = _at_rest_since(track, frame.t, self.still_px, self.cfg.anchor)
                 self.entry[track.id] = _Obs(max(since, track.history[0][0]) if since else frame.t,
                                             obs.p, obs.box, obs.frame)
@@ -446,6 +458,16 @@ class IllegalParking(_Dwell):
         self.still_px = cfg.still_px
 
 
+@dataclass(slots=True)
+class _Gone:
+    """A person's track that ended, kept a while for a new track that may continue it."""
+    t: float                   # last seen
+    box: Box                   # where
+    reported: bool
+    outside: bool              # it had been seen outside the zone
+    entry: _Obs | None         # its first moment in the zone, if it got there
+
+
 class ZoneIntrusion(_Dwell):
     """A dwell in the zone, once per person, counted when they cross its edge (``from_outside``).
 
@@ -454,8 +476,10 @@ class ZoneIntrusion(_Dwell):
     person walks in the time since), is taken as that person:
     it is not reported again if the old one was, and it counts as having come from outside if the
     old one had been seen there, even in detections too few to confirm it (someone glimpsed on the
-    kerb between two passing cars). Something that shows up in the middle of the zone with no such
-    predecessor (a detector's mistake on a shadow or on a vehicle's flank) is not counted."""
+    kerb between two passing cars); if the old one was already in the zone, the new one has been
+    there since (reported as soon as it is seen, once ``min_time`` has passed). Something that
+    shows up in the middle of the zone with no such predecessor (a detector's mistake on a shadow
+    or on a vehicle's flank) is not counted."""
 
     label_kind = "in_zone_s"
     CONTINUE_WITHIN = 10.0       # seconds after a track ended
@@ -469,7 +493,7 @@ class ZoneIntrusion(_Dwell):
         self.still_px = None
         self.seen_outside: set[int] = set()
         self.first_in: set[int] = set()                       # tracks whose first moment in the zone was judged
-        self.ended_tracks: list[tuple[float, Box, bool, bool]] = []  # (ended at, last box, reported, seen outside)
+        self.ended_tracks: list[_Gone] = []
         self.continued = 0                                     # new tracks taken for a reported person
         self.appeared_inside = 0                               # tracks first seen in the zone, from nowhere
 
@@ -483,10 +507,11 @@ class ZoneIntrusion(_Dwell):
     def ended(self, tracks: list[Track]) -> None:
         for track in tracks:
             if track.label in self.cfg.classes:
-                self.ended_tracks.append((track.last_t, track.box, track.id in self.done, self._was_outside(track)))
+                self.ended_tracks.append(_Gone(track.last_t, track.box, track.id in self.done, self._was_outside(track),
+                                               self.entry.get(track.id)))
         if self.ended_tracks:   # bounded: people walking past on the pavement all day end tracks too
-            newest = max(e[0] for e in self.ended_tracks)
-            self.ended_tracks = [e for e in self.ended_tracks if newest - e[0] < self.CONTINUE_WITHIN][-200:]
+            newest = max(e.t for e in self.ended_tracks)
+            self.ended_tracks = [e for e in self.ended_tracks if newest - e.t < self.CONTINUE_WITHIN][-200:]
         super().ended(tracks)
 
     def forget(self, track_ids: Iterable[int]) -> None:
@@ -496,21 +521,19 @@ class ZoneIntrusion(_Dwell):
             self.first_in.discard(track_id)
         super().forget(ids)
 
-    def _predecessor(self, box: Box, now: float) -> tuple[bool, bool] | None:
-        """(reported, seen outside) of the track this new one continues, if any (and forget it)."""
-        self.ended_tracks = [e for e in self.ended_tracks if now - e[0] < self.CONTINUE_WITHIN]
+    def _predecessor(self, box: Box, now: float) -> _Gone | None:
+        """The ended track this new one continues, if any (and forget it)."""
+        self.ended_tracks = [e for e in self.ended_tracks if now - e.t < self.CONTINUE_WITHIN]
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        best = None
-        for i, (ended_at, old, reported, outside) in enumerate(self.ended_tracks):
-            heights = min(self.REACH_MAX, max(self.REACH, 1.0 + self.WALK * (now - ended_at)))
+        best: tuple[float, int] | None = None
+        for i, gone in enumerate(self.ended_tracks):
+            old = gone.box
+            heights = min(self.REACH_MAX, max(self.REACH, 1.0 + self.WALK * (now - gone.t)))
             reach = heights * max(box[3] - box[1], old[3] - old[1])
             d = math.dist((cx, cy), ((old[0] + old[2]) / 2, (old[1] + old[3]) / 2))
             if d <= reach and (best is None or d < best[0]):
-                best = (d, i, reported, outside)
-        if best is None:
-            return None
-        del self.ended_tracks[best[1]]
-        return best[2], best[3]
+                best = (d, i)
+        return None if best is None else self.ended_tracks.pop(best[1])
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
         for track in tracks:
@@ -525,14 +548,18 @@ class ZoneIntrusion(_Dwell):
             if self._was_outside(track):          # before it was confirmed
                 self.seen_outside.add(track.id)
             came_from = self._predecessor(track.box, frame.t) if track.id not in self.seen_outside else None
-            if came_from is not None and came_from[0]:
+            if came_from is not None and came_from.reported:
                 self.done.add(track.id)               # the person already reported
                 self.continued += 1
-            elif came_from is not None and came_from[1]:
-                self.seen_outside.add(track.id)       # came in from outside before the break
+            elif came_from is not None and came_from.outside:
+                self.seen_outside.add(track.id)       # came in from outside before the break ...
+                if came_from.entry is not None:       # ... and has been in the zone since before it
+                    self.entry[track.id] = came_from.entry
             elif self.cfg.from_outside and track.id not in self.seen_outside:
                 self.done.add(track.id)
                 self.appeared_inside += 1
+                log.debug("%s: track %d first seen inside at %s, not from outside: not counted", self.name, track.id,
+                          _px(track.box))
         return super().update(frame, tracks)
 
 
