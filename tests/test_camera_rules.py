@@ -208,6 +208,26 @@ def test_illegal_parking_the_next_car_to_stop_where_one_left_starts_its_own_cloc
     assert run([zone], {"first": first, "second": second}, 18.0) == []
 
 
+def test_illegal_parking_at_the_frame_edge_the_next_car_after_a_reported_one_is_reported_too():
+    """A no-parking zone in the frame's corner: every car there is cut by the edge, and the next
+    one's first box is almost the last one's. The reported car drove off, so the next car to park
+    there is not taken for it."""
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "dwell": "4s", "anchor": 0.6,
+                                              "zone": [[500, 360], [640, 360], [640, 480], [500, 480]]})
+
+    def first(t):      # parked 0-7 s in the corner, then drives up and out of the frame
+        y = 400 - 150 * max(0.0, t - 7.0)
+        return Det("car", 0.9, (520, y, 640, min(480.0, y + 110))) if y + 110 > 0 else None
+
+    def second(t):     # from t=14 comes up from under the frame's edge, parks on the same spot
+        if t < 14.0:
+            return None
+        y = max(400.0, 415 - 60 * (t - 14.0))
+        return Det("car", 0.9, (522, y, 640, 480))
+    found = run([zone], {"first": first, "second": second}, 21.0)
+    assert [(v.type, round(v.t - 1000)) for v in found] == [("illegal_parking", 4), ("illegal_parking", 18)]
+
+
 def test_zone_intrusion_by_a_person_not_by_a_car():
     carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
                                                     [640, 480], [0, 480]], "min_time": "1s"})

@@ -379,6 +379,23 @@ class _Dwell(_RuleBase):
                                           track_id, track_id in self.done))
         super().forget(ids)
 
+    def _gone_from(self, track_id: int, entry: _Obs, obs: _Obs) -> bool:
+        """Whether a vehicle drove off from where it stood: MOVED_AFTER observations in a row
+        further from it than half the diagonal of its box there. A box that only jumped (grown
+        over a neighbour, cut by the frame's edge) stays closer."""
+        x1, y1, x2, y2 = entry.box
+        away = math.dist(obs.p, entry.p) > 0.5 * math.hypot(x2 - x1, y2 - y1)
+        self.away[track_id] = self.away.get(track_id, 0) + 1 if away else 0
+        return self.away[track_id] >= self.MOVED_AFTER
+
+    def _watch_departure(self, track_id: int, obs: _Obs) -> None:
+        """A reported vehicle that drove off leaves no ghost when its track ends, or the next car
+        to park there would take over its reported clock and go unreported."""
+        entry = self.entry.get(track_id)
+        if self.still_px is not None and entry is not None and self._gone_from(track_id, entry, obs):
+            del self.entry[track_id]
+            log.debug("%s: track %d (reported) drove off", self.name, track_id)
+
     def _adopt(self, track: Track, obs: _Obs, now: float) -> _Ghost | None:
         """A track that lost its id (occluded by a passing bus, taken over by a car passing close)
         comes back as a new one *born* at the same place: it keeps the arrival time. A vehicle that
@@ -397,9 +414,12 @@ class _Dwell(_RuleBase):
         out = []
         self.last_t = frame.t
         for track in tracks:
-            if track.last_t != frame.t or track.id in self.done or track.label not in self.cfg.classes:
+            if track.last_t != frame.t or track.label not in self.cfg.classes:
                 continue
             obs = _obs(track, frame, self.cfg.anchor)
+            if track.id in self.done:
+                self._watch_departure(track.id, obs)
+                continue
             if not inside(obs.p, self.cfg.zone):
                 entry = self.entry.pop(track.id, None)
                 half = self.half.pop(track.id, None)
@@ -407,6 +427,11 @@ class _Dwell(_RuleBase):
                     # a box that jumped (a car cut by the frame's edge, another one passing close)
                     # may come back where it was: briefly, the clock is kept for it
                     self.ghosts.append(_Ghost(frame.t + self.JUMP_KEEP, entry, half, track.id, False))
+                    self.away[track.id] = 0
+                elif self.still_px is not None:
+                    ghost = next((g for g in self.ghosts if g.owner == track.id), None)
+                    if ghost is not None and self._gone_from(track.id, ghost.entry, obs):
+                        self.ghosts.remove(ghost)        # it drove off: nothing to come back to
                 continue
             entry = self.entry.get(track.id)
             if entry is None:
@@ -415,12 +440,14 @@ class _Dwell(_RuleBase):
                     self.entry[track.id] = ghost.entry
                     if ghost.half is not None:
                         self.half[track.id] = ghost.half
+                    self.away.pop(track.id, None)
                     if ghost.reported:
                         self.done.add(track.id)       # the vehicle already reported, under a new id
                     log.debug("%s: track %d at %s takes over the clock of track %d from %.1f%s", self.name, track.id,
                               _px(obs.box), ghost.owner, ghost.entry.t, " (reported)" if ghost.reported else "")
                 else:
                     self.entry[track.id] = obs
+                    self.away.pop(track.id, None)
                     log.debug("%s: track %d enters at %s", self.name, track.id, _px(obs.box))
                 continue
             away = self.still_px is not None and math.dist(obs.p, entry.p) > self.still_px
