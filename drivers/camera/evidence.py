@@ -41,6 +41,16 @@ log = logging.getLogger("drivers.camera")
 PLATE = re.compile(r"[\u4e00-\u9fff][A-Z][A-Z0-9]{5,6}")
 _PLATE_FIXES = str.maketrans({"O": "0", "I": "1", "o": "0", "·": "", "•": "", "-": "", " ": "", ".": "",
                               "：": "", ":": "", "・": ""})
+# A mainland plate starts with one of 31 province abbreviations. The OCR model knows thousands of
+# characters and, on a small plate, sometimes reads a province as a look-alike (浙 as 折, 闽 as 闯):
+# the look-alikes below are put back. A first character that is neither is left as read.
+PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
+_PROVINCE_LOOKALIKES = {
+    "浙": "折淅渐逝", "闽": "闯闵闰", "沪": "泸护", "鲁": "鱼", "皖": "院睆晥", "赣": "贛", "粤": "奥粵",
+    "冀": "翼", "豫": "预像", "湘": "相", "贵": "贯", "晋": "普晉", "蒙": "豪", "陕": "峡陜", "青": "靑",
+    "藏": "臧", "渝": "喻瑜", "琼": "凉", "津": "律", "黑": "墨", "苏": "芬", "辽": "边", "宁": "守",
+}
+_PROVINCE_OF = {alike: province for province, alikes in _PROVINCE_LOOKALIKES.items() for alike in alikes}
 
 
 # -- images -------------------------------------------------------------------------------------------
@@ -147,7 +157,10 @@ class PlateReader:
 
 
 def normalise_plate(text: str) -> str:
-    return text.translate(_PLATE_FIXES).upper() if text else text
+    if not text:
+        return text
+    clean = text.translate(_PLATE_FIXES).upper()
+    return _PROVINCE_OF.get(clean[0], clean[0]) + clean[1:]
 
 
 def best_plate(texts: list[str], scores: list[float]) -> tuple[str | None, float | None]:
