@@ -575,6 +575,10 @@ class ZoneIntrusion(_Dwell):
             if self._was_outside(track):          # before it was confirmed
                 self.seen_outside.add(track.id)
             came_from = self._predecessor(track.box, frame.t) if track.id not in self.seen_outside else None
+            if came_from is not None:
+                log.debug("%s: track %d at %s continues one that ended at %s %.1f s before (%s)", self.name, track.id,
+                          _px(track.box), _px(came_from.box), frame.t - came_from.t,
+                          "reported" if came_from.reported else "from outside" if came_from.outside else "inside")
             if came_from is not None and came_from.reported:
                 self.done.add(track.id)               # the person already reported
                 self.continued += 1
