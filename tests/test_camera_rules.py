@@ -321,6 +321,28 @@ def test_zone_intrusion_a_person_seen_in_the_zone_before_a_break_is_reported_as_
     assert found[0].t == pytest.approx(1001.8, abs=0.11)   # stepped in at ~1.3 (first frame inside) + 0.5
 
 
+def test_zone_intrusion_a_second_track_on_a_reported_person_is_not_a_second_intrusion():
+    """Two tracks on one person (a box the tracker took for someone else): the person is reported
+    once. Tracks made by hand: the tracker itself would not start the second one."""
+    from drivers.camera.rules import ZoneIntrusion
+    from drivers.camera.tracker import Track
+
+    rule = ZoneIntrusion("road", ZoneIntrusionRule.model_validate(
+        {"type": "zone_intrusion", "zone": [[0, 200], [640, 200], [640, 480], [0, 480]], "min_time": "300ms"}))
+    one = Track(1, "person", (300, 100, 316, 160), 0.9, 1000.0, 1000.0, hits=5, best_score=0.9)
+    two = Track(2, "person", (306, 101, 320, 159), 0.8, 1000.0, 1000.0, hits=5, best_score=0.8)
+    found = []
+    for i in range(20):
+        t = 1000.0 + i / 10
+        y = 4.0 * i
+        one.box, two.box = (300, 100 + y, 316, 160 + y), (306, 101 + y, 320, 159 + y)
+        one.last_t = two.last_t = t
+        one.history.append((t, None, one.box))
+        two.history.append((t, None, two.box))
+        found += rule.update(Frame(i, t, None), [one, two])
+    assert [v.track for v in found] == [1]
+
+
 def test_signal_board_history_gives_the_state_at_a_time_and_when_it_began():
     board = SignalBoard()
     for i, colour in enumerate(["green"] * 5 + ["yellow"] * 3 + ["red"] * 10):

@@ -236,6 +236,10 @@ def test_a_second_box_on_a_tracked_person_starts_no_track_but_a_car_behind_a_bus
             dets.append(Det("person", 0.8, (1136, y + 1, 1150, y + 54)))
         tracker.update(dets, t)
     assert len(tracker.tracks) == 1 and tracker.duplicates == 5
+    tracker = Tracker()     # both boxes from the first frame on: the better one is followed
+    for i in range(5):
+        tracker.update([Det("person", 0.95, (1236, 184, 1250, 235)), Det("person", 0.8, (1230, 181, 1246, 233))], i / 10)
+    assert [tr.box for tr in tracker.tracks.values()] == [(1236, 184, 1250, 235)] and tracker.duplicates == 5
     tracker = Tracker()
     for i in range(5):
         tracker.update([Det("bus", 0.9, (100, 100, 400, 260)), Det("car", 0.9, (150, 120, 250, 200))], i / 10)

@@ -31,7 +31,7 @@ from drivers.camera.geometry import Box, DirectedLine, Path, Pt, anchor, inside
 from drivers.camera.options import (
     IllegalParkingRule, RedLightRule, SignalSource, StopLineRule, WrongWayRule, ZoneIntrusionRule, rule_name,
 )
-from drivers.camera.tracker import Track
+from drivers.camera.tracker import Track, duplicate
 
 # decisions not to report, at debug level: what a technician needs to see why a violation was missed
 log = logging.getLogger("drivers.camera.rules")
@@ -563,6 +563,7 @@ class ZoneIntrusion(_Dwell):
         return None if best is None else self.ended_tracks.pop(best[1])
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
+        judged = set(self.done)
         for track in tracks:
             if track.last_t != frame.t or track.label not in self.cfg.classes:
                 continue
@@ -591,7 +592,26 @@ class ZoneIntrusion(_Dwell):
                 self.appeared_inside += 1
                 log.debug("%s: track %d first seen inside at %s, not from outside: not counted", self.name, track.id,
                           _px(track.box))
-        return super().update(frame, tracks)
+        return self._once_per_person(super().update(frame, tracks), tracks, frame, judged)
+
+    def _once_per_person(self, found: list[Violation], tracks: list[Track], frame: Frame,
+                         judged: set[int]) -> list[Violation]:
+        """Drop a violation whose track is a second box on a person already reported (or judged)
+        and in view: two tracks on one person are one intrusion."""
+        if not found:
+            return found
+        seen = {t.id: t for t in tracks if t.last_t == frame.t}
+        kept: list[Violation] = []
+        for violation in found:
+            mine = seen.get(violation.track)
+            same = None if mine is None else next(
+                (o for o in seen.values() if o.id != mine.id and (o.id in judged or o.id in {v.track for v in kept})
+                 and duplicate(o.box, mine.box)), None)
+            if same is None:
+                kept.append(violation)
+            else:
+                log.debug("%s: track %d at %s is track %d again: not counted", self.name, mine.id, _px(mine.box), same.id)
+        return kept
 
 
 class RuleSet:

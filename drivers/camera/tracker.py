@@ -53,7 +53,7 @@ def duplicate(a: Box, b: Box) -> bool:
     area_a = (a[2] - a[0]) * (a[3] - a[1])
     area_b = (b[2] - b[0]) * (b[3] - b[1])
     small, large = sorted((area_a, area_b))
-    return small > 0 and small / large > 0.5 and iw * ih / small > 0.7
+    return small > 0 and small / large > 0.5 and iw * ih / small > 0.6
 
 
 def _unlike(a: Look | None, b: Look | None) -> float:
@@ -178,6 +178,7 @@ class Tracker:
                 self.duplicates += 1          # a second box on a road user already followed
                 continue
             self._start(det, t, looks[di])
+            taken.append((_group(det.label), det.box))    # (detections come best first)
         self.ended = [tr for tr in self.tracks.values() if t - tr.last_t > self.max_gap]
         for tr in self.ended:
             del self.tracks[tr.id]
