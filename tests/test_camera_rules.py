@@ -343,6 +343,18 @@ def test_zone_intrusion_a_second_track_on_a_reported_person_is_not_a_second_intr
     assert [v.track for v in found] == [1]
 
 
+def test_zone_intrusion_a_person_sitting_still_across_the_edge_is_not_an_intrusion():
+    """The detector's mistake on a road marking by the kerb: a 'person' that never moves, its box
+    jittering a few pixels across the zone's edge. Nobody walked in."""
+    carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
+                                                    [640, 480], [0, 480]], "min_time": "300ms"})
+
+    def marking(t):    # bottom edge at 197-198 (outside) for a second, then 202-203 (inside)
+        y = (197 if t < 1.0 else 202) + int(t * 10) % 2
+        return Det("person", 0.8, (500, y - 80, 522, y))
+    assert run([carriageway], {"marking": marking}, 8.0) == []
+
+
 def test_signal_board_history_gives_the_state_at_a_time_and_when_it_began():
     board = SignalBoard()
     for i, colour in enumerate(["green"] * 5 + ["yellow"] * 3 + ["red"] * 10):

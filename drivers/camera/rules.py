@@ -506,13 +506,16 @@ class ZoneIntrusion(_Dwell):
     kerb between two passing cars); if the old one was already in the zone, the new one has been
     there since (reported as soon as it is seen, once ``min_time`` has passed). Something that
     shows up in the middle of the zone with no such predecessor (a detector's mistake on a shadow
-    or on a vehicle's flank) is not counted."""
+    or on a vehicle's flank) is not counted, nor is one that sits still across the zone's edge (a
+    mistake on a road marking, its box jittering over the edge): a person who crosses it walks at
+    least ``WALKED`` of their height."""
 
     label_kind = "in_zone_s"
     CONTINUE_WITHIN = 10.0       # seconds after a track ended
     REACH = 2.0                  # body heights from where it ended, at once ...
     WALK = 1.2                   # ... plus this many a second since (a brisk 2 m/s) ...
     REACH_MAX = 6.0              # ... up to this many
+    WALKED = 0.3                 # body heights a person's feet moved on their own track to count
 
     def __init__(self, name: str, cfg: ZoneIntrusionRule):
         super().__init__(name, cfg)
@@ -521,6 +524,7 @@ class ZoneIntrusion(_Dwell):
         self.seen_outside: set[int] = set()
         self.first_in: set[int] = set()                       # tracks whose first moment in the zone was judged
         self.ended_tracks: list[_Gone] = []
+        self.came_back: set[int] = set()                      # tracks continuing one that was outside
         self.continued = 0                                     # new tracks taken for a reported person
         self.appeared_inside = 0                               # tracks first seen in the zone, from nowhere
 
@@ -546,7 +550,21 @@ class ZoneIntrusion(_Dwell):
         for track_id in ids:
             self.seen_outside.discard(track_id)
             self.first_in.discard(track_id)
+            self.came_back.discard(track_id)
         super().forget(ids)
+
+    def eligible(self, track: Track) -> bool:
+        if not super().eligible(track):
+            return False
+        return not self.cfg.from_outside or track.id in self.came_back or self._walked(track)
+
+    def _walked(self, track: Track) -> bool:
+        """The feet moved WALKED of a body height on this track (a person hidden and found again
+        walked while hidden: ``came_back``)."""
+        at = self.cfg.anchor
+        here = anchor(track.box, at)
+        far = self.WALKED * (track.box[3] - track.box[1])
+        return any(math.dist(anchor(entry[2], at), here) >= far for entry in track.history)
 
     def _predecessor(self, box: Box, now: float) -> _Gone | None:
         """The ended track this new one continues, if any (and forget it)."""
@@ -585,6 +603,7 @@ class ZoneIntrusion(_Dwell):
                 self.continued += 1
             elif came_from is not None and came_from.outside:
                 self.seen_outside.add(track.id)       # came in from outside before the break ...
+                self.came_back.add(track.id)
                 if came_from.entry is not None:       # ... and has been in the zone since before it
                     self.entry[track.id] = came_from.entry
             elif self.cfg.from_outside and track.id not in self.seen_outside:
