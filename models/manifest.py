@@ -57,6 +57,9 @@ class Manifest(_Strict):
     labels: list[str] = Field(min_length=1)
     format: Format
     score_threshold: float = Field(default=0.25, ge=0.0, le=1.0)
+    # a class's own threshold, where the rules after the detector want another balance (e.g. a
+    # person missed costs more than a person imagined, which the zone rules filter out)
+    class_thresholds: dict[str, float] = Field(default_factory=dict)
     nms_iou: float = Field(default=0.45, gt=0.0, le=1.0)
     max_detections: int = Field(default=300, gt=0)
     class_agnostic_nms: bool = False
@@ -78,6 +81,15 @@ class Manifest(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("labels must be unique")
         return v
+
+    @model_validator(mode="after")
+    def _class_thresholds(self) -> "Manifest":
+        for label, value in self.class_thresholds.items():
+            if label not in self.labels:
+                raise ValueError(f"class_thresholds: {label!r} is not one of the labels {self.labels}")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"class_thresholds: {label}: {value} is not between 0 and 1")
+        return self
 
     @model_validator(mode="after")
     def _strides(self) -> "Manifest":

@@ -104,9 +104,12 @@ class Detector:
         model_file = verify_file(m)
         self.labels = list(m.labels)
         self.score_threshold = m.score_threshold if score_threshold is None else float(score_threshold)
+        # each label's threshold: the manifest's per-class ones, unless the caller set one for all
+        self.thresholds = [self.score_threshold if score_threshold is not None
+                           else m.class_thresholds.get(label, m.score_threshold) for label in m.labels]
         self.decoder = DecoderConfig.from_manifest(m)
-        if score_threshold is not None:
-            self.decoder = DecoderConfig(**{**self.decoder.__dict__, "score_threshold": self.score_threshold})
+        self.decoder = DecoderConfig(**{**self.decoder.__dict__, "score_threshold": min(self.thresholds)})
+        self._class_floor = np.asarray(self.thresholds, np.float32) if len(set(self.thresholds)) > 1 else None
         try:
             self.session = ort.InferenceSession(str(model_file), session_options(threads, spin),
                                                 providers=["CPUExecutionProvider"])
@@ -206,6 +209,11 @@ class Detector:
                 raise ModelError(f"{self.manifest.path}: model {self.manifest.model_path.name}: {exc}") from None
             self._checked_shapes = shapes
         d: Decoded = self._decode(outputs, self.decoder, self.output_names)
+        if len(d) and self._class_floor is not None:
+            # each class's own threshold, before NMS: a box under its own must not suppress others
+            ids = np.clip(d.class_ids, 0, len(self._class_floor) - 1)
+            keep = (d.scores >= self._class_floor[ids]) | (d.class_ids >= len(self._class_floor))
+            d = Decoded(d.boxes[keep], d.scores[keep], d.class_ids[keep])
         m = self.manifest
         if len(d) and m.needs_nms:
             keep = batched_nms(d.boxes, d.scores, d.class_ids, m.nms_iou, m.max_detections, m.class_agnostic_nms)

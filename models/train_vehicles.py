@@ -49,6 +49,11 @@ INPUT_W, INPUT_H = 512, 288             # a 16:9 frame letterboxes to exactly 51
 STRIDES = (8, 16, 32)
 OUT_DIR = HERE / "vehicles"
 SCORE_THRESHOLD = 0.5                   # replaced by the calibrated one (best F1 on validation scenes)
+# persons get a lower threshold of their own: behind the detector the zone rules drop a person
+# imagined on the road (not walked in from outside, not moving, a second box on someone), while a
+# person missed is an intrusion missed. On the validation scenes: P 0.90 R 0.935 here against
+# P 0.986 R 0.900 at the all-class 0.75.
+PERSON_THRESHOLD = 0.6
 NMS_IOU = 0.5
 LICENCE = "Apache-2.0"
 TRAINED_ON = "synthetic junction scenes from tests/hardware_sim/junction.py"
@@ -510,6 +515,7 @@ def write_manifest(path: Path, onnx_path: Path, accuracy: dict | None, meta: dic
         "labels": LABELS,
         "format": "yolov8",
         "score_threshold": score_threshold,
+        "class_thresholds": {PERSON: PERSON_THRESHOLD},
         "nms_iou": NMS_IOU,
         "class_agnostic_nms": True,        # one object, one class: a bus is not also a truck
         "licence": LICENCE,
@@ -599,6 +605,7 @@ def evaluate(manifest_path: Path, n: int = 300, seed: int = 7777, score_floor: f
 
     det = Detector(manifest_path, threads=1, score_threshold=score_floor)
     thr = det.manifest.score_threshold
+    own = det.manifest.class_thresholds
     per = {c: ([], [], 0) for c in LABELS}
     ms = []
     for frame, gts in _scenes(n, seed):
@@ -608,7 +615,8 @@ def evaluate(manifest_path: Path, n: int = 300, seed: int = 7777, score_floor: f
             per[c][0].append(s)
             per[c][1].append(tp)
             per[c] = (per[c][0], per[c][1], per[c][2] + ng)
-    result: dict = {"eval_frames": n, "eval_seed": seed, "iou": 0.5, "score_threshold": thr, "per_class": {}}
+    result: dict = {"eval_frames": n, "eval_seed": seed, "iou": 0.5, "score_threshold": thr,
+                    "class_thresholds": dict(own), "per_class": {}}
     aps, all_tp, all_fp, all_gt = [], 0, 0, 0
     for c in LABELS:
         s = np.concatenate(per[c][0]) if per[c][0] else np.zeros(0)
@@ -621,7 +629,7 @@ def evaluate(manifest_path: Path, n: int = 300, seed: int = 7777, score_floor: f
         recall = ctp / max(ng, 1)
         precision = ctp / np.maximum(ctp + cfp, 1)
         ap = average_precision(recall, precision) if ng else float("nan")
-        at = s >= thr
+        at = s >= own.get(c, thr)
         tp_t, fp_t = int(tp[at].sum()), int((~tp[at]).sum())
         result["per_class"][c] = {
             "ap50": round(ap, 4), "ground_truth": ng,

@@ -448,3 +448,20 @@ def test_shipped_detector_finds_people_on_the_carriageway_and_the_crossing():
     measured = load_manifest(SHIPPED).accuracy["per_class"]["person"]
     assert total == 4 * len(spots)
     assert found >= 0.75 * total, (found, total, measured)
+
+
+def test_class_thresholds_apply_per_class_before_nms(tmp_path):
+    model = const_model({"output0": raw_yolov8()})
+
+    def found(**keys):
+        path = write_model(tmp_path, model, "yolov8", name=f"m{len(list(tmp_path.iterdir()))}", **keys)
+        return [(d.label, round(d.score, 3)) for d in Detector(path).detect(np.zeros((FRAME_H, FRAME_W, 3), np.uint8))]
+
+    assert found() == [("car", 0.855), ("bus", 0.72), ("truck", 0.63)]
+    assert found(class_thresholds={"truck": 0.7}) == [("car", 0.855), ("bus", 0.72)]
+    assert found(score_threshold=0.75, class_thresholds={"bus": 0.7}) == [("car", 0.855), ("bus", 0.72)]
+    # a car under its own threshold is gone before NMS: it no longer hides the truck it overlaps
+    assert found(class_agnostic_nms=True) == [("car", 0.855), ("bus", 0.72)]
+    assert found(class_agnostic_nms=True, class_thresholds={"car": 0.9}) == [("bus", 0.72), ("truck", 0.63)]
+    with pytest.raises(ModelError, match="class_thresholds.*'person' is not one of the labels"):
+        found(class_thresholds={"person": 0.5})

@@ -513,8 +513,8 @@ class ZoneIntrusion(_Dwell):
     label_kind = "in_zone_s"
     CONTINUE_WITHIN = 10.0       # seconds after a track ended
     REACH = 2.0                  # body heights from where it ended, at once ...
-    WALK = 1.2                   # ... plus this many a second since (a brisk 2 m/s) ...
-    REACH_MAX = 6.0              # ... up to this many
+    WALK = 0.8                   # ... plus this many a second since (1.4 m/s, a walk) ...
+    REACH_MAX = 4.0              # ... up to this many: further, a false box can vouch for another
     WALKED = 0.3                 # body heights a person's feet moved on their own track to count
 
     def __init__(self, name: str, cfg: ZoneIntrusionRule):
