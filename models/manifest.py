@@ -8,6 +8,7 @@ input: {width: 320, height: 320}    # letterbox target; rgb, scale, mean, std, p
 labels: [car, bus, truck]
 format: yolov8                      # yolov5 | yolov8 | yolox | nx6 | rtdetr
 score_threshold: 0.35
+class_thresholds: {person: 0.5}     # optional: a label's own threshold
 nms_iou: 0.5
 licence: Apache-2.0
 trained_on: synthetic junction scenes from tests/hardware_sim/junction.py
