@@ -228,6 +228,27 @@ def test_illegal_parking_at_the_frame_edge_the_next_car_after_a_reported_one_is_
     assert [(v.type, round(v.t - 1000)) for v in found] == [("illegal_parking", 4), ("illegal_parking", 18)]
 
 
+def test_illegal_parking_a_second_track_on_a_reported_car_is_not_a_second_violation():
+    """A track born on a reported parked car while its own track was briefly unmatched (so it
+    found no ghost to take over): one car, one violation. Tracks made by hand."""
+    from drivers.camera.rules import IllegalParking
+    from drivers.camera.tracker import Track
+
+    rule = IllegalParking("np", IllegalParkingRule.model_validate(
+        {"type": "illegal_parking", "zone": PARKING_ZONE, "dwell": "4s", "still_px": 20}))
+    first = Track(1, "car", (300, 250, 380, 330), 0.9, 1000.0, 1000.0, hits=5, best_score=0.9)
+    second = Track(2, "car", (304, 252, 382, 333), 0.8, 1006.0, 1006.0, hits=5, best_score=0.8)
+    found = []
+    for i in range(120):
+        t = 1000.0 + i / 10
+        live = [first] if t < 1006.0 else [first, second]
+        for track in live:
+            track.last_t = t if track is not first or not 1005.5 < t < 1006.5 else track.last_t
+            track.history.append((t, None, track.box))
+        found += rule.update(Frame(i, t, None), live)
+    assert [v.track for v in found] == [1]
+
+
 def test_zone_intrusion_by_a_person_not_by_a_car():
     carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
                                                     [640, 480], [0, 480]], "min_time": "1s"})

@@ -410,8 +410,29 @@ class _Dwell(_RuleBase):
                 return ghost
         return None
 
+    def _once_each(self, found: list[Violation], tracks: list[Track], frame: Frame,
+                   judged: set[int]) -> list[Violation]:
+        """Drop a violation whose track is a second box on a road user already reported (or
+        judged) and still tracked: two tracks on one parked car, or on one person, are one
+        violation (a detector's second box, a track born while the first was briefly unmatched)."""
+        if not found:
+            return found
+        seen = {t.id: t for t in tracks}
+        kept: list[Violation] = []
+        for violation in found:
+            mine = seen.get(violation.track)
+            same = None if mine is None else next(
+                (o for o in seen.values() if o.id != mine.id and (o.id in judged or o.id in {v.track for v in kept})
+                 and duplicate(o.box, mine.box)), None)
+            if same is None:
+                kept.append(violation)
+            else:
+                log.debug("%s: track %d at %s is track %d again: not counted", self.name, mine.id, _px(mine.box), same.id)
+        return kept
+
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
-        out = []
+        out: list[Violation] = []
+        judged = set(self.done)
         self.last_t = frame.t
         for track in tracks:
             if track.last_t != frame.t or track.label not in self.cfg.classes:
@@ -473,7 +494,7 @@ class _Dwell(_RuleBase):
                 half = self.half.get(track.id, obs)
                 out.append(self.violation(track, entry.t + self.seconds, [entry, half, obs], frame.t,
                                           **{self.label_kind: round(held, 1)}))
-        return out
+        return self._once_each(out, tracks, frame, judged)
 
 
 class IllegalParking(_Dwell):
@@ -581,7 +602,6 @@ class ZoneIntrusion(_Dwell):
         return None if best is None else self.ended_tracks.pop(best[1])
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
-        judged = set(self.done)
         for track in tracks:
             if track.last_t != frame.t or track.label not in self.cfg.classes:
                 continue
@@ -611,26 +631,8 @@ class ZoneIntrusion(_Dwell):
                 self.appeared_inside += 1
                 log.debug("%s: track %d first seen inside at %s, not from outside: not counted", self.name, track.id,
                           _px(track.box))
-        return self._once_per_person(super().update(frame, tracks), tracks, frame, judged)
+        return super().update(frame, tracks)
 
-    def _once_per_person(self, found: list[Violation], tracks: list[Track], frame: Frame,
-                         judged: set[int]) -> list[Violation]:
-        """Drop a violation whose track is a second box on a person already reported (or judged)
-        and in view: two tracks on one person are one intrusion."""
-        if not found:
-            return found
-        seen = {t.id: t for t in tracks if t.last_t == frame.t}
-        kept: list[Violation] = []
-        for violation in found:
-            mine = seen.get(violation.track)
-            same = None if mine is None else next(
-                (o for o in seen.values() if o.id != mine.id and (o.id in judged or o.id in {v.track for v in kept})
-                 and duplicate(o.box, mine.box)), None)
-            if same is None:
-                kept.append(violation)
-            else:
-                log.debug("%s: track %d at %s is track %d again: not counted", self.name, mine.id, _px(mine.box), same.id)
-        return kept
 
 
 class RuleSet:
