@@ -314,16 +314,21 @@ def test_zone_intrusion_a_person_glimpsed_once_on_the_kerb_came_from_outside():
     assert run([carriageway], ghost, 5.0) == []
 
 
+def hidden_walker(hidden_from: float, hidden_to: float):
+    """A person 70 px tall walking down at 40 px/s, feet at 150 at t=0: onto a carriageway from
+    y=200 at 1.25 s, hidden behind something between the two times."""
+    def at(t):
+        y = 80 + 40 * t
+        return None if hidden_from < t < hidden_to else Det("person", 0.9, (300, y, 320, y + 70))
+    return at
+
+
 def test_zone_intrusion_a_person_hidden_for_seconds_is_looked_for_as_far_as_they_could_walk():
     """Behind a parked car for 4 s a walker covers 160 px, more than two body heights (140): the
     track that shows up there continues theirs all the same."""
     carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
                                                     [640, 480], [0, 480]], "min_time": "500ms"})
-
-    def walker(t):     # bottom edge 150 at t=0, 40 px/s down: crosses y=200 at 1.25 s, hidden 1.5-5.5 s
-        y = 80 + 40 * t
-        return None if 1.5 < t < 5.5 else Det("person", 0.9, (300, y, 320, y + 70))
-    found = run([carriageway], {"walker": walker}, 7.0)
+    found = run([carriageway], {"walker": hidden_walker(1.5, 5.5)}, 7.0)
     assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
 
 
@@ -332,11 +337,7 @@ def test_zone_intrusion_a_person_seen_in_the_zone_before_a_break_is_reported_as_
     since they stepped in, so it is reported on its first confirmed frame, dated from the step."""
     carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
                                                     [640, 480], [0, 480]], "min_time": "500ms"})
-
-    def walker(t):     # bottom edge 150 at t=0, 40 px/s down: crosses y=200 at 1.25 s, hidden 1.55-3.5 s
-        y = 80 + 40 * t
-        return None if 1.55 < t < 3.5 else Det("person", 0.9, (300, y, 320, y + 70))
-    found = run([carriageway], {"walker": walker}, 6.0)
+    found = run([carriageway], {"walker": hidden_walker(1.55, 3.5)}, 6.0)
     assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
     assert found[0].decided <= 1003.65                     # seen again at 3.5, confirmed at 3.6
     assert found[0].t == pytest.approx(1001.8, abs=0.11)   # stepped in at ~1.3 (first frame inside) + 0.5
