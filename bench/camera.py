@@ -14,6 +14,11 @@ Two parts:
 
     .venv/bin/python bench/camera.py                    # both
     .venv/bin/python bench/camera.py --part offline --seconds 300
+    .venv/bin/python bench/camera.py --part rtsp --keep /tmp/run   # + the agent's debug log, truth, found
+
+Judged over RTSP: the violations staged in the busy window (not during the RTSP restarts after it).
+People on the carriageway whom vehicles hid are in the truth once in view (``hidden_s``), or not at
+all if never in view; the report says how many.
 """
 
 from __future__ import annotations
