@@ -39,6 +39,7 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from drivers.camera.geometry import cover  # noqa: E402
 from models.letterbox import letterbox  # noqa: E402
 from tests.hardware_sim.junction import (  # noqa: E402
     PERSON, VEHICLE_CLASSES, Junction, JunctionRenderer, Pedestrian, Scene, Vehicle, make_vehicle)
@@ -89,22 +90,13 @@ def random_scene(J: Junction, rng: random.Random, t: float) -> Scene:
         b = renderer_geom.vehicle_box(v)
         if b[2] < 0 or b[0] > J.width or b[3] < 0 or b[1] > J.height:
             continue
-        if all(_overlap(b, o) <= 0.4 for o in boxes):
+        if all(cover(b, o) <= 0.4 for o in boxes):
             vehicles.append(v)
             boxes.append(b)
     peds = random_pedestrians(J, rng, vehicles, boxes)
     light = rng.choice([rng.uniform(0.45, 0.8), rng.uniform(0.8, 1.1), rng.uniform(0.8, 1.1), rng.uniform(1.1, 1.3)])
     signal = {J.approach_phase: rng.choice(["red", "yellow", "green"])}
     return Scene(t=t, signal=signal, vehicles=vehicles, pedestrians=peds, light=light)
-
-
-def _overlap(a, b) -> float:
-    """Intersection of two boxes over the smaller one's area."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    return iw * ih / max(min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])), 1e-6)
 
 
 def _person_spot(J: Junction, rng: random.Random, road: np.ndarray) -> tuple[float, float]:
@@ -162,10 +154,10 @@ def random_pedestrians(J: Junction, rng: random.Random, vehicles: list[Vehicle],
         b = _GEOM.pedestrian_box(p)
         if b[2] < 0 or b[0] > J.width or b[3] < 0 or b[1] > J.height:
             continue
-        if any(_overlap(b, o) > 0.4 for o in boxes):
+        if any(cover(b, o) > 0.4 for o in boxes):
             continue
         # a vehicle is drawn over a pedestrian whose feet are further away than its footprint centre
-        if any(v.y >= p.y and _overlap(b, vb) > 0.4 for v, vb in zip(vehicles, vehicle_boxes)):
+        if any(v.y >= p.y and cover(b, vb) > 0.4 for v, vb in zip(vehicles, vehicle_boxes)):
             continue
         peds.append(p)
         boxes.append(b)

@@ -28,6 +28,15 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def cover(a: Box, b: Box) -> float:
+    """How much of the smaller box the other covers: their intersection over the smaller's area."""
+    ix = min(a[2], b[2]) - max(a[0], b[0])
+    iy = min(a[3], b[3]) - max(a[1], b[1])
+    if ix <= 0 or iy <= 0:
+        return 0.0
+    return ix * iy / max(min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])), 1e-6)
+
+
 def inside(point: Pt, polygon: tuple[Pt, ...]) -> bool:
     """Ray casting; a point on an edge may fall either way (harmless for zones of many pixels)."""
     x, y = point

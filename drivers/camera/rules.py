@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.camera.geometry import Box, DirectedLine, Path, Pt, anchor, inside
+from drivers.camera.geometry import Box, DirectedLine, Path, Pt, anchor, inside, iou
 from drivers.camera.options import (
     IllegalParkingRule, RedLightRule, SignalSource, StopLineRule, WrongWayRule, ZoneIntrusionRule, rule_name,
 )
@@ -94,7 +94,6 @@ def _obs(track: Track, frame: Frame, at: float = 1.0) -> _Obs:
 def continuous(a: Box, b: Box) -> bool:
     """Whether two boxes of one track in consecutive observations can be one road user moving: a
     detector that swapped two neighbours (or a box that grew over a second vehicle) jumps."""
-    from drivers.camera.geometry import iou
     return iou(a, b) >= 0.3
 
 
@@ -401,7 +400,6 @@ class _Dwell(_RuleBase):
         comes back as a new one *born* at the same place: it keeps the arrival time. A vehicle that
         drove there is another one (the next car in a queue stopping where the last one stood), as
         is one that only passes through the ghost's box."""
-        from drivers.camera.geometry import iou
         self.ghosts = [g for g in self.ghosts if now <= g.until]
         born = track.history[0][2] if track.history else obs.box
         for i, ghost in enumerate(self.ghosts):
@@ -419,13 +417,14 @@ class _Dwell(_RuleBase):
             return found
         seen = {t.id: t for t in tracks}
         kept: list[Violation] = []
+        counted = set(judged)              # grows with each violation kept in this frame
         for violation in found:
             mine = seen.get(violation.track)
             same = None if mine is None else next(
-                (o for o in seen.values() if o.id != mine.id and (o.id in judged or o.id in {v.track for v in kept})
-                 and duplicate(o.box, mine.box)), None)
+                (o for o in seen.values() if o.id != mine.id and o.id in counted and duplicate(o.box, mine.box)), None)
             if same is None:
                 kept.append(violation)
+                counted.add(violation.track)
             else:
                 log.debug("%s: track %d at %s is track %d again: not counted", self.name, mine.id, _px(mine.box), same.id)
         return kept

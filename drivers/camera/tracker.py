@@ -19,7 +19,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
-from drivers.camera.geometry import Box, Pt, anchor, centre, iou
+from drivers.camera.geometry import Box, Pt, anchor, centre, cover, iou
 
 VEHICLE_LABELS = frozenset({"car", "bus", "truck", "motorcycle", "van", "vehicle"})
 HISTORY = 200   # positions kept per track: ~20 s at 10 fps, enough for dwell and wrong-way windows
@@ -46,14 +46,8 @@ def duplicate(a: Box, b: Box) -> bool:
     """Two boxes of one road user: alike in size, the smaller mostly inside the other. NMS at
     IoU 0.5 lets such pairs through for thin boxes: two boxes on one person, 16 and 14 px wide
     and 6 px apart, overlap by IoU 0.49. A car behind a bus is much smaller than the bus."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return False
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    area_b = (b[2] - b[0]) * (b[3] - b[1])
-    small, large = sorted((area_a, area_b))
-    return small > 0 and small / large > 0.5 and iw * ih / small > 0.6
+    small, large = sorted(((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])))
+    return small > 0 and small / large > 0.5 and cover(a, b) > 0.6
 
 
 def _unlike(a: Look | None, b: Look | None) -> float:
