@@ -38,7 +38,7 @@ def frames(n: int) -> list:
 
 def bench(manifest: Path, threads: int, imgs: list, rounds: int) -> dict:
     det = Detector(manifest, threads=threads)
-    blobs = [det.preprocess(f)[0] for f in imgs]
+    blobs = [det.preprocess(f)[0].copy() for f in imgs]    # a uint8 input is the detector's own canvas
     feeds = [{det.input_name: b, **det.extra_feeds} for b in blobs]
     for f in imgs[:3]:                      # warm up both paths
         det.detect(f)

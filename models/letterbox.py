@@ -72,5 +72,9 @@ def letterbox(frame: np.ndarray, width: int, height: int, pad_value: int = 114,
         out[top:top + new_h, left:left + new_w] = frame
     else:
         # bilinear, as the shipped model was trained (INTER_AREA costs ~10x more at 1280 -> 384)
-        out[top:top + new_h, left:left + new_w] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        view = out[top:top + new_h, left:left + new_w]
+        if view.flags.c_contiguous:     # full-width rows (a 16:9 frame into a 16:9 input): resize in place
+            cv2.resize(frame, (new_w, new_h), dst=view, interpolation=cv2.INTER_LINEAR)
+        else:
+            view[:] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     return out, lb

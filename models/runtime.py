@@ -13,6 +13,10 @@ At load the model file's sha256 is checked against the manifest, and one inferen
 input checks the outputs' shapes against the declared format: a wrong file or a wrong format is a
 :class:`ModelError` that says what was expected, before the first frame.
 
+Input: the model's own input says its layout and type: ``(1, 3, H, W)`` or ``(1, H, W, 3)``, float32
+or float16 (made from the canvas with the manifest's rgb / scale / mean / std), or uint8 pixels (the
+canvas handed over as it is, in the manifest's channel order; see ``models/pixel_input.py``).
+
 Threads: ``threads`` is onnxruntime's intra-op pool (1 on a 2-core gateway that also runs the
 agent; 2 when the detector may have both cores); inter-op is 1 and execution sequential, and the
 pool's threads sleep instead of spinning between frames (``spin=False``) so an idle camera costs
@@ -129,16 +133,24 @@ class Detector:
         inputs = self.session.get_inputs()
         image = [i for i in inputs if len(i.shape) == 4]
         if len(image) != 1:
-            raise ModelError(f"{m.path}: expected one image input (1, 3, H, W); the model has "
+            raise ModelError(f"{m.path}: expected one image input, (1, 3, H, W) or (1, H, W, 3); the model has "
                              + ", ".join(f"{i.name} {tuple(i.shape)}" for i in inputs))
         self.input_name = image[0].name
         shape = image[0].shape
-        expected = (1, 3, m.input.height, m.input.width)
+        # channels last where the last dim is 3 and the second is not (models.pixel_input makes such)
+        self.channels_last = shape[3] == 3 and shape[1] != 3
+        expected = (1, m.input.height, m.input.width, 3) if self.channels_last else (1, 3, m.input.height, m.input.width)
         for got, want in zip(shape, expected):
             if isinstance(got, int) and got != want:
                 raise ModelError(f"{m.path}: the model's input {self.input_name} has shape {tuple(shape)}, but the "
                                  f"manifest's input is {m.input.width}x{m.input.height}: expected {expected}")
-        self.input_dtype = np.float16 if "float16" in image[0].type else np.float32
+        kind = image[0].type
+        self.input_dtype = np.uint8 if "uint8" in kind else (np.float16 if "float16" in kind else np.float32)
+        if self.input_dtype == np.uint8:
+            set_here = sorted({"scale", "mean", "std"} & m.input.model_fields_set)
+            if set_here:
+                raise ModelError(f"{m.path}: input.{set_here[0]}: the model's input {self.input_name} is uint8 pixels, "
+                                 f"which the model converts itself; remove input.{', input.'.join(set_here)}")
         # RT-DETR exports take the original image size: feed the input size, so boxes come in input px
         self.extra_feeds: dict[str, np.ndarray] = {}
         for i in inputs:
@@ -169,7 +181,12 @@ class Detector:
     # -- per frame --
     def _blob(self, canvas: np.ndarray) -> np.ndarray:
         spec = self.manifest.input
-        if spec.std == (1.0, 1.0, 1.0) and self.input_dtype == np.float32:
+        if self.input_dtype == np.uint8:
+            # the model converts its pixels itself (models/pixel_input.py): hand over the canvas
+            img = canvas[..., ::-1] if spec.rgb else canvas
+            img = img if self.channels_last else img.transpose(2, 0, 1)
+            return np.ascontiguousarray(img[None])
+        if spec.std == (1.0, 1.0, 1.0) and self.input_dtype == np.float32 and not self.channels_last:
             # one C++ pass: (pixel - mean / scale) * scale, channel swap, HWC -> NCHW
             # (its mean is in the output's channel order, like the manifest's)
             mean = tuple(float(m) / spec.scale for m in spec.mean)
@@ -179,16 +196,18 @@ class Detector:
     def _blob_numpy(self, canvas: np.ndarray) -> np.ndarray:
         spec = self.manifest.input
         img = canvas[..., ::-1] if spec.rgb else canvas
-        x = img.transpose(2, 0, 1).astype(np.float32)
+        x = img.astype(np.float32)
         x *= spec.scale
         if spec.mean != (0.0, 0.0, 0.0):
-            x -= np.asarray(spec.mean, np.float32)[:, None, None]
+            x -= np.asarray(spec.mean, np.float32)
         if spec.std != (1.0, 1.0, 1.0):
-            x /= np.asarray(spec.std, np.float32)[:, None, None]
-        return x[None].astype(self.input_dtype, copy=False)
+            x /= np.asarray(spec.std, np.float32)
+        x = x if self.channels_last else x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x[None], dtype=self.input_dtype)
 
     def preprocess(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """The model's input tensor (1, 3, H, W) for a BGR frame, and its letterbox mapping."""
+        """The model's input tensor for a BGR frame, and its letterbox mapping. The tensor may share
+        memory with the detector's canvas: it is valid until the next call."""
         if frame_bgr.ndim == 2:
             frame_bgr = np.repeat(frame_bgr[..., None], 3, axis=2)
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:

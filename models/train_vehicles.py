@@ -491,6 +491,10 @@ def export(model, path: Path) -> None:
     for p in list(m.metadata_props):
         m.metadata_props.remove(p)
     onnx.save(m, str(path))
+    # trained on RGB / 255 (see train): fold that into the graph, so it takes the BGR canvas as it is
+    from models.pixel_input import embed_pixel_input
+
+    embed_pixel_input(path, path, scale=1 / 255, rgb=True)
 
 
 def write_manifest(path: Path, onnx_path: Path, accuracy: dict | None, meta: dict,
@@ -503,7 +507,8 @@ def write_manifest(path: Path, onnx_path: Path, accuracy: dict | None, meta: dic
         "name": "vehicles",
         "file": onnx_path.name,
         "sha256": sha256_file(onnx_path),
-        "input": {"width": INPUT_W, "height": INPUT_H},
+        # uint8 BGR pixels in (models/pixel_input.py folds the RGB swap and the scale into the graph)
+        "input": {"width": INPUT_W, "height": INPUT_H, "rgb": False},
         "labels": LABELS,
         "format": "yolov8",
         "score_threshold": score_threshold,

@@ -228,9 +228,12 @@ def test_letterbox_identity_and_clipping():
 
 # -------------------------------------------------------------------------- tiny ONNX models, all formats
 
-def const_model(outputs: dict[str, np.ndarray], extra_inputs=(), opset: int = 17) -> onnx.ModelProto:
-    """A real model: each output = constant + 0 * mean(image), so onnxruntime computes it from the input."""
-    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
+def const_model(outputs: dict[str, np.ndarray], extra_inputs=(), opset: int = 17,
+                pixels: bool = False) -> onnx.ModelProto:
+    """A real model: each output = constant + 0 * mean(image), so onnxruntime computes it from the input.
+    ``pixels``: the input is (1, H, W, 3) uint8, as models.pixel_input makes it."""
+    nodes = [helper.make_node("Cast", ["images"], ["images_f"], to=TensorProto.FLOAT)] if pixels else []
+    nodes += [helper.make_node("ReduceMean", ["images_f" if pixels else "images"], ["m"], keepdims=0),
              helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0, np.float32))),
              helper.make_node("Mul", ["m", "zero"], ["z"])]
     outs = []
@@ -244,7 +247,8 @@ def const_model(outputs: dict[str, np.ndarray], extra_inputs=(), opset: int = 17
         else:
             nodes.append(helper.make_node("Add", [f"{name}_c", "z"], [name]))
             outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
-    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, IN_H, IN_W])]
+    inputs = [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, IN_H, IN_W, 3]) if pixels
+              else helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, IN_H, IN_W])]
     for name in extra_inputs:
         inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, [1, 2]))
     graph = helper.make_graph(nodes, "tiny", inputs, outs)
@@ -309,6 +313,65 @@ def test_input_tensor_conversion(tmp_path, spec):
         spec.get("std", [1, 1, 1]), np.float32)
     assert blob.shape == (1, 3, IN_H, IN_W) and blob.dtype == np.float32
     assert np.allclose(blob[0], want.transpose(2, 0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("rgb", [True, False])
+def test_pixel_input_model_gets_the_canvas_as_it_is(tmp_path, rgb):
+    path = write_model(tmp_path, const_model({"output0": raw_nx6()}, pixels=True), "nx6",
+                       input={"width": IN_W, "height": IN_H, "rgb": rgb})
+    det = Detector(path)
+    frame = np.random.default_rng(2).integers(0, 255, (FRAME_H, FRAME_W, 3), dtype=np.uint8)
+    blob, _ = det.preprocess(frame)
+    canvas, _ = letterbox(frame, IN_W, IN_H)
+    assert blob.shape == (1, IN_H, IN_W, 3) and blob.dtype == np.uint8
+    assert np.array_equal(blob[0], canvas[..., ::-1] if rgb else canvas)
+    got = [(d.label, round(d.score, 3), tuple(round(v, 2) for v in d.box)) for d in det.detect(frame)]
+    assert got == [(lab, s, tuple(float(v) for v in b)) for lab, s, b in EXPECT_E2E]
+
+
+def test_pixel_input_model_refuses_a_normalisation_in_its_manifest(tmp_path):
+    path = write_model(tmp_path, const_model({"output0": raw_nx6()}, pixels=True), "nx6",
+                       input={"width": IN_W, "height": IN_H, "scale": 1 / 255, "std": [0.2, 0.2, 0.2]})
+    with pytest.raises(ModelError, match=r"tiny.yaml: input.scale: .* is uint8 pixels.*remove input.scale, input.std"):
+        Detector(path)
+
+
+def conv_model() -> onnx.ModelProto:
+    """A float (1, 3, H, W) model whose output depends on each pixel and channel: a padded 3 x 3
+    convolution (fixed random weights) and a ReLU."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["output0"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, IN_H, IN_W])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4, IN_H, IN_W])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("rgb, std", [(True, (1.0, 1.0, 1.0)), (False, (0.5, 0.25, 2.0))])
+def test_embed_pixel_input_gives_the_float_models_outputs(tmp_path, rgb, std):
+    import onnxruntime as ort
+
+    from models.pixel_input import embed_pixel_input
+
+    src, dst = tmp_path / "float.onnx", tmp_path / "pixels.onnx"
+    onnx.save(conv_model(), str(src))
+    embed_pixel_input(src, dst, scale=1 / 255, std=std, rgb=rgb)
+    canvas = np.random.default_rng(6).integers(0, 256, (IN_H, IN_W, 3), dtype=np.uint8)   # BGR
+    x = (canvas[..., ::-1] if rgb else canvas).astype(np.float32) / 255 / np.asarray(std, np.float32)
+    want = ort.InferenceSession(str(src)).run(None, {"images": x.transpose(2, 0, 1)[None].copy()})[0]
+    session = ort.InferenceSession(str(dst))
+    (inp,) = session.get_inputs()
+    assert inp.type == "tensor(uint8)" and inp.shape == [1, IN_H, IN_W, 3]
+    got = session.run(None, {inp.name: canvas[None]})[0]
+    assert np.abs(want).max() > 1 and np.allclose(got, want, atol=1e-4)
+    # a model whose input does not go straight into a convolution is refused, not silently changed
+    onnx.save(const_model({"output0": raw_nx6()}), str(src))
+    with pytest.raises(ValueError, match="must feed one Conv"):
+        embed_pixel_input(src, dst)
 
 
 def test_detector_thread_settings(tmp_path):
@@ -389,6 +452,9 @@ def test_shipped_manifest_is_consistent():
     assert m.model_path.stat().st_size < 5_000_000
     assert sha256_file(m.model_path) == m.sha256
     assert "synthetic" in m.trained_on and m.accuracy and m.accuracy["map50"] > 0.5
+    # it takes the letterboxed canvas as uint8 pixels (models/pixel_input.py), in the BGR order of
+    # the canvases it was trained on
+    assert Detector(SHIPPED).input_dtype == np.uint8 and not m.input.rgb
 
 
 def test_shipped_detector_finds_vehicles_in_fresh_scenes():

@@ -1,0 +1,89 @@
+"""Raw pixels in: move a float model's input conversion into its ONNX graph.
+
+A detector exported from PyTorch takes a (1, 3, H, W) float32 tensor, RGB, scaled to 0..1. Making
+that tensor for every frame in the pipeline (channel swap, HWC to CHW, uint8 to float, scale) costs
+~0.4 ms of one core per 512 x 288 input, ~5 % of the shipped model's inference, and runs on one
+thread. ``embed_pixel_input`` rewrites the graph to take the letterboxed BGR canvas as it is,
+(1, H, W, 3) uint8:
+
+- a Cast to float and a Transpose to NCHW at the front, which onnxruntime runs on the session's own
+  threads;
+- the scale (1/255 or any other), the per-channel std and the BGR to RGB swap folded into the first
+  convolution's weights. A convolution is linear in its input, and its zero padding is zero in both
+  scales, so the outputs are the same up to float rounding (~1e-4 on the shipped model's scores).
+
+A non-zero mean cannot be folded into the weights where the convolution pads (the padded border
+would be shifted too), so such models are refused; keep them as they are, the runtime converts
+their input itself. ``models.runtime.Detector`` reads the input's layout and type from the model:
+a uint8 input gets the canvas unchanged (``rgb`` in the manifest still names the channel order).
+
+    python -m models.pixel_input MODEL.onnx [--out NEW.onnx] [--bgr-trained]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def embed_pixel_input(src: str | Path, dst: str | Path, scale: float = 1 / 255,
+                      std: tuple[float, float, float] = (1.0, 1.0, 1.0), rgb: bool = True) -> None:
+    """Write ``dst``: the model ``src`` taking (1, H, W, 3) uint8 BGR pixels instead of its (1, 3, H, W)
+    float input that is ``pixel * scale / std`` in RGB (``rgb``) or BGR order. Raises ValueError where
+    the graph does not start with a convolution of the input alone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ValueError(f"{src}: expected one input, found {[i.name for i in inputs]}")
+    old = inputs[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in old.type.tensor_type.shape.dim]
+    if old.type.tensor_type.elem_type != TensorProto.FLOAT or len(dims) != 4 or dims[1] != 3:
+        raise ValueError(f"{src}: input {old.name} is not a (1, 3, H, W) float32 tensor")
+    users = [n for n in graph.node if old.name in n.input]
+    if len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != old.name:
+        raise ValueError(f"{src}: the input {old.name} must feed one Conv and nothing else; "
+                         f"it feeds {[n.op_type for n in users]}")
+    conv = users[0]
+    weight = next((i for i in graph.initializer if i.name == conv.input[1]), None)
+    if weight is None or sum(conv.input[1] in n.input for n in graph.node) != 1:
+        raise ValueError(f"{src}: the first Conv's weights must be a constant of its own")
+    w = numpy_helper.to_array(weight).astype(np.float64)
+    # input channel c of the old tensor is pixel channel c (RGB) or 2 - c (BGR) of the BGR canvas
+    w = w * (scale / np.asarray(std, np.float64))[None, :, None, None]
+    if rgb:
+        w = w[:, ::-1]
+    weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w, np.float32), weight.name))
+
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, dims[2], dims[3], 3])
+    as_float = helper.make_node("Cast", ["pixels"], ["pixels_float"], to=TensorProto.FLOAT, name="pixels_to_float")
+    to_nchw = helper.make_node("Transpose", ["pixels_float"], [old.name], perm=[0, 3, 1, 2], name="pixels_to_nchw")
+    graph.input.remove(old)
+    graph.input.insert(0, pixels)
+    graph.node.insert(0, to_nchw)
+    graph.node.insert(0, as_float)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--out", type=Path, help="where to write the new model (default: over MODEL)")
+    ap.add_argument("--bgr-trained", action="store_true", help="the model was trained on BGR, not RGB")
+    ap.add_argument("--scale", type=float, default=1 / 255)
+    args = ap.parse_args(argv)
+    embed_pixel_input(args.model, args.out or args.model, scale=args.scale, rgb=not args.bgr_trained)
+    print(f"wrote {args.out or args.model}: input (1, H, W, 3) uint8 BGR; set input.rgb: false in its manifest, "
+          f"drop input.scale/mean/std, and update sha256")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
