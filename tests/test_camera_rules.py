@@ -97,6 +97,29 @@ def test_red_light_vehicle_that_stops_over_the_line_is_a_stop_line_case_not_red_
     assert found[0].t >= 1001.6 + 2.0
 
 
+def stopped_at_the_line(go_at: float):
+    """A car that stops with its bottom edge at the line (y = 300), its box jittering a pixel over and
+    back, waits and drives on at ``go_at`` seconds, 100 px/s."""
+    def at(t):
+        if t < 2.0:
+            bottom = 100 + 100 * t                              # arrives: 300 at t = 2
+        elif t < go_at:
+            bottom = 299.5 + (1.0 if int(t * 10) % 3 == 0 else 0.0)   # 299.5 / 300.5: over the line and back
+        else:
+            bottom = 300.5 + 100 * (t - go_at)
+        return Det("car", 0.9, (300, bottom - 60, 380, bottom))
+    return at
+
+
+def test_red_light_a_car_waiting_at_the_line_that_goes_on_green_is_no_violation():
+    # the jitter "crosses" the line on red at ~2 s; green at 4.1 s, and it goes on at 4.2 s: 40 px
+    # further on at 4.6 s, within confirm_within (3 s) of the "crossing"
+    assert run([RED_LIGHT], {"a": stopped_at_the_line(go_at=4.2)}, 8.0, signal=signal_red_from(1000.0, 1004.1)) == []
+    # the same car driving on while it is still red ran the red light
+    found = run([RED_LIGHT], {"a": stopped_at_the_line(go_at=3.5)}, 8.0, signal=signal_red_from(1000.0, 1006.0))
+    assert len(found) == 1 and found[0].data["signal"] == "red"
+
+
 def test_red_light_grace_after_the_change():
     rule = RED_LIGHT.model_copy(update={"grace": 0.5})
     assert run([rule], {"a": moving(300, 100, 0, 100)}, 4.0, signal=signal_red_from(1001.2)) == []

@@ -154,7 +154,15 @@ class _StopLineBase(_RuleBase):
 
 
 class RedLight(_StopLineBase):
-    """Crossing on red, then `confirm_distance` further on within `confirm_within`."""
+    """Crossing on red, then `confirm_distance` further on within `confirm_within`.
+
+    A vehicle that stopped with its front at the line (its box jittering a pixel or two over it)
+    "crosses" it on red without going anywhere, and may drive on soon after, on green. So when a
+    crossing is confirmed, the moment the vehicle left the line (its anchor beyond LINE_BAND of it)
+    is judged too: still red then, or it did not linger, it ran the red; green by then, it waited
+    at the line and went on green: not a violation."""
+
+    LINE_BAND = 0.04        # of the box's height: how far a stopped vehicle's anchor jitters over the line
 
     def __init__(self, name: str, cfg: RedLightRule, source: SignalSource, signal: SignalFn):
         super().__init__(name, cfg, source, signal)
@@ -174,6 +182,9 @@ class RedLight(_StopLineBase):
                     self.done.add(track.id)
                 elif side >= self.cfg.confirm_distance and frame.t > pending["cross"].t and self.eligible(track):
                     del self.pending[track.id]
+                    if self._went_on_after_red(track, pending):
+                        self.done.add(track.id)
+                        continue
                     out.append(self.violation(track, pending["t"], [pending["before"], pending["cross"], obs],
                                               frame.t, signal=pending["state"].colour,
                                               red_for=round(pending["t"] - pending["state"].since, 2)
@@ -198,6 +209,28 @@ class RedLight(_StopLineBase):
                 continue
             self.pending[track.id] = {"t": t_cross, "before": before, "cross": obs, "state": state}
         return out
+
+
+    def _went_on_after_red(self, track: Track, pending: dict[str, Any]) -> bool:
+        """The vehicle lingered at the line after its crossing and left it when the signal was no
+        longer red."""
+        band = max(3.0, self.LINE_BAND * (track.box[3] - track.box[1]))
+        later: tuple[float, float] | None = None
+        for t, _, box in reversed(track.history):
+            s = self.line.side(anchor(box, self.cfg.anchor))
+            if s > band:
+                later = (t, s)
+                continue
+            if t <= pending["cross"].t or later is None:
+                return False                       # it drove through the line without stopping
+            t_left = t + (later[0] - t) * (band - s) / (later[1] - s)
+            state = self.signal(self.source, t_left)
+            if state is None or state.colour == "red":
+                return False
+            log.debug("%s: track %d crossed at %.2f on red but stayed at the line until %.2f (%s): not counted",
+                      self.name, track.id, pending["t"], t_left, state.colour)
+            return True
+        return False
 
 
 class StopLine(_StopLineBase):
