@@ -317,6 +317,10 @@ def test_zone_intrusion_a_person_hidden_as_they_step_in_still_came_from_outside(
         return None if 1.5 < t < 3.5 else Det("person", 0.9, (300, y, 330, y + 80))
     found = run([carriageway], {"walker": walker}, 6.0)
     assert [(v.type, v.track) for v in found] == [("zone_intrusion", 2)]
+    # dated from when they stepped in, on the way between the two sightings (feet 180 at 1.5 s,
+    # 260 at 3.5 s: 200 at 2.0 s), not from when they were seen again; decided then
+    assert found[0].t == pytest.approx(1002.5, abs=0.05)
+    assert 1003.5 <= found[0].decided <= 1003.65
 
 
 def test_zone_intrusion_a_person_glimpsed_once_on_the_kerb_came_from_outside():

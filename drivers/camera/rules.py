@@ -557,7 +557,9 @@ class ZoneIntrusion(_Dwell):
     it is not reported again if the old one was, and it counts as having come from outside if the
     old one had been seen there, even in detections too few to confirm it (someone glimpsed on the
     kerb between two passing cars); if the old one was already in the zone, the new one has been
-    there since (reported as soon as it is seen, once ``min_time`` has passed). Something that
+    there since (reported as soon as it is seen, once ``min_time`` has passed), and if not, it
+    stepped in while unseen, when a straight walk from the one sighting to the other crossed the
+    edge (the way the red-light rule dates a crossing between two frames). Something that
     shows up in the middle of the zone with no such predecessor (a detector's mistake on a shadow
     or on a vehicle's flank) is not counted, nor is one that sits still across the zone's edge (a
     mistake on a road marking, its box jittering over the edge): a person who crosses it walks at
@@ -569,6 +571,7 @@ class ZoneIntrusion(_Dwell):
     WALK = 0.8                   # ... plus this many a second since (1.4 m/s, a walk) ...
     REACH_MAX = 4.0              # ... up to this many: further, a false box can vouch for another
     WALKED = 0.3                 # body heights a person's feet moved on their own track to count
+    CROSSING_STEPS = 20          # points tried along the way a hidden person walked in (_stepped_in)
 
     def __init__(self, name: str, cfg: ZoneIntrusionRule):
         super().__init__(name, cfg)
@@ -633,6 +636,16 @@ class ZoneIntrusion(_Dwell):
                 best = (d, i)
         return None if best is None else self.ended_tracks.pop(best[1])
 
+    def _stepped_in(self, gone: _Gone, now: _Obs) -> float:
+        """When a person last seen outside the zone and found again inside it crossed its edge: on
+        a straight walk at an even pace between the two sightings, the first point inside."""
+        a, b = anchor(gone.box, self.cfg.anchor), now.p
+        for k in range(1, self.CROSSING_STEPS + 1):
+            f = k / self.CROSSING_STEPS
+            if inside((a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f), self.cfg.zone):
+                return gone.t + (now.t - gone.t) * f
+        return now.t
+
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
         for track in tracks:
             if track.last_t != frame.t or track.label not in self.cfg.classes:
@@ -658,6 +671,9 @@ class ZoneIntrusion(_Dwell):
                 self.came_back.add(track.id)
                 if came_from.entry is not None:       # ... and has been in the zone since before it
                     self.entry[track.id] = came_from.entry
+                else:                                 # ... and stepped in while unseen
+                    obs = _obs(track, frame, self.cfg.anchor)
+                    self.entry[track.id] = _Obs(self._stepped_in(came_from, obs), obs.p, obs.box, obs.frame)
             elif self.cfg.from_outside and track.id not in self.seen_outside:
                 self.done.add(track.id)
                 self.appeared_inside += 1
