@@ -392,6 +392,29 @@ def test_zone_intrusion_a_second_track_on_a_reported_person_is_not_a_second_intr
     assert [v.track for v in found] == [1]
 
 
+def test_zone_intrusion_a_second_box_on_a_reported_person_is_no_one_new():
+    """Once the walker is reported, the detector adds a second box on them, half overlapping the
+    first (too little for the tracker's duplicate test), while a false 'person' that once stood
+    outside ended nearby: the new track is the walker's second box, not someone who came back.
+    Someone walking beside the walker (not sharing a column) is counted."""
+    carriageway = ZoneIntrusionRule.model_validate({"type": "zone_intrusion", "zone": [[0, 200], [640, 200],
+                                                    [640, 480], [0, 480]], "min_time": "300ms"})
+
+    def second_box(t):           # from t = 3: 7 of its 14 px across on the walker's 16-px-wide box
+        if t < 3.0:
+            return None
+        y = 100 + 40 * t
+        return Det("person", 0.85, (293, y + 2, 307, y + 60))
+    paths = {"walker": moving(300, 100, 0, 40, label="person", w=16, h=60),
+             "false_on_the_kerb": moving(330, 150, 0, 0, label="person", w=12, h=40, end=1.5),
+             "second_box": second_box}
+    found = run([carriageway], paths, 5.0)
+    assert [v.track for v in found] == [1]
+    paths["beside"] = moving(340, 100, 0, 40, label="person", w=16, h=60, start=0.5)
+    found = run([carriageway], paths, 5.0)
+    assert sorted(v.track for v in found) == [1, 3]
+
+
 def test_zone_intrusion_a_person_sitting_still_across_the_edge_is_not_an_intrusion():
     """The detector's mistake on a road marking by the kerb: a 'person' that never moves, its box
     jittering a few pixels across the zone's edge. Nobody walked in."""

@@ -396,6 +396,7 @@ class _Dwell(_RuleBase):
         self.half: dict[int, _Obs] = {}
         self.away: dict[int, int] = {}        # observations in a row beyond still_px of the entry
         self.ghosts: list[_Ghost] = []
+        self.not_counted: set[int] = set()    # done without being anyone: no one to be a second box of
         self.last_t = 0.0
 
     def _stores(self) -> list[dict]:
@@ -404,6 +405,7 @@ class _Dwell(_RuleBase):
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
         for track_id in ids:
+            self.not_counted.discard(track_id)
             if self.still_px is not None and track_id in self.entry:
                 # a passing bus can hide a parked car for a while; one already reported is kept
                 # too, or its new track would be reported again a dwell later
@@ -464,7 +466,7 @@ class _Dwell(_RuleBase):
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
         out: list[Violation] = []
-        judged = set(self.done)
+        judged = self.done - self.not_counted
         self.last_t = frame.t
         for track in tracks:
             if track.last_t != frame.t or track.label not in self.cfg.classes:
@@ -572,6 +574,8 @@ class ZoneIntrusion(_Dwell):
     REACH_MAX = 4.0              # ... up to this many: further, a false box can vouch for another
     WALKED = 0.3                 # body heights a person's feet moved on their own track to count
     CROSSING_STEPS = 20          # points tried along the way a hidden person walked in (_stepped_in)
+    TWIN_ACROSS = 0.4            # a second box on one person (_twin): shared width ...
+    TWIN_ALONG = 0.7             # ... and shared height, of the smaller box
 
     def __init__(self, name: str, cfg: ZoneIntrusionRule):
         super().__init__(name, cfg)
@@ -636,6 +640,25 @@ class ZoneIntrusion(_Dwell):
                 best = (d, i)
         return None if best is None else self.ended_tracks.pop(best[1])
 
+    def _twin(self, track: Track, tracks: list[Track], frame: Frame) -> Track | None:
+        """A person already counted in the zone, seen in this frame, whom this new track's box
+        stands on: the same column of pixels (at least TWIN_ACROSS of the narrower box's width)
+        and nearly the same height span (TWIN_ALONG of the shorter one). NMS lets through a second
+        box on one person that overlaps the first by less than the tracker's duplicate test; people
+        side by side do not share a column."""
+        x1, y1, x2, y2 = track.box
+        for other in tracks:
+            if other.id == track.id or other.last_t != frame.t or other.label not in self.cfg.classes:
+                continue
+            if other.id not in self.done and other.id not in self.entry:
+                continue
+            ox1, oy1, ox2, oy2 = other.box
+            across = (min(x2, ox2) - max(x1, ox1)) / max(min(x2 - x1, ox2 - ox1), 1e-6)
+            along = (min(y2, oy2) - max(y1, oy1)) / max(min(y2 - y1, oy2 - oy1), 1e-6)
+            if across >= self.TWIN_ACROSS and along >= self.TWIN_ALONG:
+                return other
+        return None
+
     def _stepped_in(self, gone: _Gone, now: _Obs) -> float:
         """When a person last seen outside the zone and found again inside it crossed its edge: on
         a straight walk at an even pace between the two sightings, the first point inside."""
@@ -656,6 +679,13 @@ class ZoneIntrusion(_Dwell):
             if track.id in self.first_in or track.id in self.done:
                 continue
             self.first_in.add(track.id)
+            twin = self._twin(track, tracks, frame)
+            if twin is not None:
+                self.done.add(track.id)
+                self.not_counted.add(track.id)
+                log.debug("%s: track %d at %s is a second box on track %d: not counted", self.name, track.id,
+                          _px(track.box), twin.id)
+                continue
             if self._was_outside(track):          # before it was confirmed
                 self.seen_outside.add(track.id)
             came_from = self._predecessor(track.box, frame.t) if track.id not in self.seen_outside else None
@@ -676,6 +706,7 @@ class ZoneIntrusion(_Dwell):
                     self.entry[track.id] = _Obs(self._stepped_in(came_from, obs), obs.p, obs.box, obs.frame)
             elif self.cfg.from_outside and track.id not in self.seen_outside:
                 self.done.add(track.id)
+                self.not_counted.add(track.id)
                 self.appeared_inside += 1
                 log.debug("%s: track %d first seen inside at %s, not from outside: not counted", self.name, track.id,
                           _px(track.box))
