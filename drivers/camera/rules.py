@@ -210,7 +210,6 @@ class RedLight(_StopLineBase):
             self.pending[track.id] = {"t": t_cross, "before": before, "cross": obs, "state": state}
         return out
 
-
     def _went_on_after_red(self, track: Track, pending: dict[str, Any]) -> bool:
         """The vehicle lingered at the line after its crossing and left it when the signal was no
         longer red."""
