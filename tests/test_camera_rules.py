@@ -280,6 +280,10 @@ def test_zone_intrusion_by_a_person_not_by_a_car():
     assert [(v.type, v.label) for v in found] == [("zone_intrusion", "person")]
     # bottom edge 180 at t=0 enters y=200 at 0.4 s; fires 1 s later
     assert found[0].t == pytest.approx(1001.4, abs=0.15)
+    # stepping in between two frames (bottom edge 198 at 0.3 s, 203 at 0.4 s: 200 at 0.34 s): the
+    # clock starts at the crossing, not at the first frame inside
+    found = run([carriageway], {"walker": moving(100, 103, 0, 50, label="person", w=30, h=80)}, 5.0)
+    assert found[0].t == pytest.approx(1001.34, abs=0.01)
 
 
 def test_zone_intrusion_a_person_hidden_for_a_while_is_not_a_second_intrusion():

@@ -412,6 +412,10 @@ class _Dwell(_RuleBase):
                                           track_id, track_id in self.done))
         super().forget(ids)
 
+    def _entered(self, track: Track, obs: _Obs) -> _Obs:
+        """The observation a track's clock in the zone starts from, on its first frame inside."""
+        return obs
+
     def _gone_from(self, track_id: int, entry: _Obs, obs: _Obs) -> bool:
         """Whether a vehicle drove off from where it stood: MOVED_AFTER observations in a row
         further from it than half the diagonal of its box there. A box that only jumped (grown
@@ -500,7 +504,7 @@ class _Dwell(_RuleBase):
                     log.debug("%s: track %d at %s takes over the clock of track %d from %.1f%s", self.name, track.id,
                               _px(obs.box), ghost.owner, ghost.entry.t, " (reported)" if ghost.reported else "")
                 else:
-                    self.entry[track.id] = obs
+                    self.entry[track.id] = self._entered(track, obs)
                     self.away.pop(track.id, None)
                     log.debug("%s: track %d enters at %s", self.name, track.id, _px(obs.box))
                 continue
@@ -659,14 +663,28 @@ class ZoneIntrusion(_Dwell):
         return None
 
     def _stepped_in(self, gone: _Gone, now: _Obs) -> float:
-        """When a person last seen outside the zone and found again inside it crossed its edge: on
-        a straight walk at an even pace between the two sightings, the first point inside."""
-        a, b = anchor(gone.box, self.cfg.anchor), now.p
+        """When a person last seen outside the zone and found again inside it crossed its edge."""
+        return self._crossing(anchor(gone.box, self.cfg.anchor), gone.t, now.p, now.t)
+
+    def _crossing(self, a: Pt, t_a: float, b: Pt, t_b: float) -> float:
+        """On a straight walk at an even pace from ``a`` (outside) to ``b`` (inside), when the first
+        point inside was reached."""
         for k in range(1, self.CROSSING_STEPS + 1):
             f = k / self.CROSSING_STEPS
             if inside((a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f), self.cfg.zone):
-                return gone.t + (now.t - gone.t) * f
-        return now.t
+                return t_a + (t_b - t_a) * f
+        return t_b
+
+    def _entered(self, track: Track, obs: _Obs) -> _Obs:
+        """Stepping in between two frames: the clock starts when the edge was crossed, interpolated
+        between the last position outside and the first inside (as the red-light rule dates its
+        crossing), not at the first frame inside, up to a frame later."""
+        if len(track.history) >= 2:
+            t_a, _, box = track.history[-2]
+            a = anchor(box, self.cfg.anchor)
+            if obs.t - t_a <= 1.0 and not inside(a, self.cfg.zone):
+                return _Obs(self._crossing(a, t_a, obs.p, obs.t), obs.p, obs.box, obs.frame)
+        return obs
 
     def update(self, frame: Frame, tracks: list[Track]) -> list[Violation]:
         for track in tracks:
