@@ -178,6 +178,7 @@ def test_plate_text_province_look_alikes_are_put_back_and_nothing_else_is_change
     assert not set(_PROVINCE_OF) & set(PROVINCES), "a look-alike must never be a province itself"
     assert best_plate(["折L2J479"], [0.93]) == ("浙L2J479", 0.93)
     assert best_plate(["綫WA5879"], [0.9]) == ("藏WA5879", 0.9)         # seen over RTSP
+    assert best_plate(["黄G98759"], [0.9]) == ("冀G98759", 0.9)
     assert best_plate(["闯Z1G566", "Z1G566"], [0.9, 0.95]) == ("闽Z1G566", 0.9)
     assert best_plate(["苏A·O1234"], [0.8]) == ("苏A01234", 0.8)       # separator dropped, O read as 0
     assert best_plate(["粤B12345"], [0.9]) == ("粤B12345", 0.9)
