@@ -17,7 +17,7 @@ would be shifted too), so such models are refused; keep them as they are, the ru
 their input itself. ``models.runtime.Detector`` reads the input's layout and type from the model:
 a uint8 input gets the canvas unchanged (``rgb`` in the manifest still names the channel order).
 
-    python -m models.pixel_input MODEL.onnx [--out NEW.onnx] [--bgr-trained]
+    python -m models.pixel_input MODEL.onnx [--out NEW.onnx] [--bgr-trained] [--scale S] [--std R G B]
 """
 
 from __future__ import annotations
@@ -29,12 +29,18 @@ import numpy as np
 
 
 def embed_pixel_input(src: str | Path, dst: str | Path, scale: float = 1 / 255,
-                      std: tuple[float, float, float] = (1.0, 1.0, 1.0), rgb: bool = True) -> None:
+                      std: tuple[float, float, float] = (1.0, 1.0, 1.0), rgb: bool = True,
+                      mean: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
     """Write ``dst``: the model ``src`` taking (1, H, W, 3) uint8 BGR pixels instead of its (1, 3, H, W)
-    float input that is ``pixel * scale / std`` in RGB (``rgb``) or BGR order. Raises ValueError where
-    the graph does not start with a convolution of the input alone."""
+    float input that is ``(pixel * scale - mean) / std`` in RGB (``rgb``) or BGR order (mean and std
+    in that order, as in a manifest). Raises ValueError for a non-zero mean, or where the graph does
+    not start with a convolution of the input alone."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    if any(m != 0.0 for m in mean):
+        raise ValueError(f"{src}: a mean of {tuple(mean)} cannot be folded into a padded convolution; "
+                         f"keep the model as it is (the runtime makes its float input)")
 
     model = onnx.load(str(src))
     graph = model.graph
@@ -78,8 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="where to write the new model (default: over MODEL)")
     ap.add_argument("--bgr-trained", action="store_true", help="the model was trained on BGR, not RGB")
     ap.add_argument("--scale", type=float, default=1 / 255)
+    ap.add_argument("--mean", type=float, nargs=3, default=(0.0, 0.0, 0.0), help="after scaling (refused unless 0)")
+    ap.add_argument("--std", type=float, nargs=3, default=(1.0, 1.0, 1.0), help="after scaling and the mean")
     args = ap.parse_args(argv)
-    embed_pixel_input(args.model, args.out or args.model, scale=args.scale, rgb=not args.bgr_trained)
+    try:
+        embed_pixel_input(args.model, args.out or args.model, scale=args.scale, std=tuple(args.std),
+                          rgb=not args.bgr_trained, mean=tuple(args.mean))
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
     print(f"wrote {args.out or args.model}: input (1, H, W, 3) uint8 BGR; set input.rgb: false in its manifest, "
           f"drop input.scale/mean/std, and update sha256")
     return 0

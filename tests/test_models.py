@@ -368,6 +368,9 @@ def test_embed_pixel_input_gives_the_float_models_outputs(tmp_path, rgb, std):
     assert inp.type == "tensor(uint8)" and inp.shape == [1, IN_H, IN_W, 3]
     got = session.run(None, {inp.name: canvas[None]})[0]
     assert np.abs(want).max() > 1 and np.allclose(got, want, atol=1e-4)
+    # a mean cannot be folded into a padded convolution: refused, not silently dropped
+    with pytest.raises(ValueError, match="mean"):
+        embed_pixel_input(src, dst, mean=(0.485, 0.456, 0.406))
     # a model whose input does not go straight into a convolution is refused, not silently changed
     onnx.save(const_model({"output0": raw_nx6()}), str(src))
     with pytest.raises(ValueError, match="must feed one Conv"):
