@@ -139,7 +139,8 @@ class Detector:
         shape = image[0].shape
         # channels last where the last dim is 3 and the second is not (models.pixel_input makes such)
         self.channels_last = shape[3] == 3 and shape[1] != 3
-        expected = (1, m.input.height, m.input.width, 3) if self.channels_last else (1, 3, m.input.height, m.input.width)
+        h, w = m.input.height, m.input.width
+        expected = (1, h, w, 3) if self.channels_last else (1, 3, h, w)
         for got, want in zip(shape, expected):
             if isinstance(got, int) and got != want:
                 raise ModelError(f"{m.path}: the model's input {self.input_name} has shape {tuple(shape)}, but the "

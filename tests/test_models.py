@@ -344,8 +344,9 @@ def conv_model() -> onnx.ModelProto:
     b = numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b")
     nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["output0"])]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, IN_H, IN_W])],
-                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4, IN_H, IN_W])], [w, b])
+    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, IN_H, IN_W])]
+    outputs = [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4, IN_H, IN_W])]
+    graph = helper.make_graph(nodes, "conv", inputs, outputs, [w, b])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -455,8 +456,8 @@ def test_shipped_manifest_is_consistent():
     assert m.model_path.stat().st_size < 5_000_000
     assert sha256_file(m.model_path) == m.sha256
     assert "synthetic" in m.trained_on and m.accuracy and m.accuracy["map50"] > 0.5
-    # it takes the letterboxed canvas as uint8 pixels (models/pixel_input.py), in the BGR order of
-    # the canvases it was trained on
+    # it takes the letterboxed canvas as uint8 pixels (models/pixel_input.py), BGR as frames arrive:
+    # the swap to the RGB it was trained on is in its graph
     assert Detector(SHIPPED).input_dtype == np.uint8 and not m.input.rgb
 
 
