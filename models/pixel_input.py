@@ -57,6 +57,8 @@ def embed_pixel_input(src: str | Path, dst: str | Path, scale: float = 1 / 255,
         raise ValueError(f"{src}: the input {old.name} must feed one Conv and nothing else; "
                          f"it feeds {[n.op_type for n in users]}")
     conv = users[0]
+    if any(a.name == "group" and a.i != 1 for a in conv.attribute):
+        raise ValueError(f"{src}: the first Conv is grouped: its weights do not see the three channels apart")
     weight = next((i for i in graph.initializer if i.name == conv.input[1]), None)
     if weight is None or sum(conv.input[1] in n.input for n in graph.node) != 1:
         raise ValueError(f"{src}: the first Conv's weights must be a constant of its own")
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         embed_pixel_input(args.model, args.out or args.model, scale=args.scale, std=tuple(args.std),
                           rgb=not args.bgr_trained, mean=tuple(args.mean))
-    except ValueError as exc:
+    except Exception as exc:   # noqa: BLE001 - a missing or unreadable file too: one line, not a traceback
         print(f"error: {exc}")
         return 2
     print(f"wrote {args.out or args.model}: input (1, H, W, 3) uint8 BGR; set input.rgb: false in its manifest, "

@@ -336,16 +336,17 @@ def test_pixel_input_model_refuses_a_normalisation_in_its_manifest(tmp_path):
         Detector(path)
 
 
-def conv_model() -> onnx.ModelProto:
+def conv_model(group: int = 1) -> onnx.ModelProto:
     """A float (1, 3, H, W) model whose output depends on each pixel and channel: a padded 3 x 3
-    convolution (fixed random weights) and a ReLU."""
+    convolution (fixed random weights; ``group`` 3: one per channel) and a ReLU."""
     rng = np.random.default_rng(5)
-    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b")
-    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+    out = 4 if group == 1 else 3
+    w = numpy_helper.from_array(rng.normal(size=(out, 3 // group, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.normal(size=out).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=group),
              helper.make_node("Relu", ["c"], ["output0"])]
     inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, IN_H, IN_W])]
-    outputs = [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4, IN_H, IN_W])]
+    outputs = [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, out, IN_H, IN_W])]
     graph = helper.make_graph(nodes, "conv", inputs, outputs, [w, b])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -372,6 +373,10 @@ def test_embed_pixel_input_gives_the_float_models_outputs(tmp_path, rgb, std):
     # a mean cannot be folded into a padded convolution: refused, not silently dropped
     with pytest.raises(ValueError, match="mean"):
         embed_pixel_input(src, dst, mean=(0.485, 0.456, 0.406))
+    # a grouped first convolution (one filter per channel) cannot take the channel swap: refused
+    onnx.save(conv_model(group=3), str(src))
+    with pytest.raises(ValueError, match="grouped"):
+        embed_pixel_input(src, dst)
     # a model whose input does not go straight into a convolution is refused, not silently changed
     onnx.save(const_model({"output0": raw_nx6()}), str(src))
     with pytest.raises(ValueError, match="must feed one Conv"):
