@@ -576,7 +576,7 @@ class ZoneIntrusion(_Dwell):
     WALK = 0.8                   # ... plus this many a second since (1.4 m/s, a walk) ...
     REACH_MAX = 4.0              # ... up to this many: further, a false box can vouch for another
     WALKED = 0.3                 # body heights a person's feet moved on their own track to count
-    CROSSING_STEPS = 20          # points tried along the way a hidden person walked in (_stepped_in)
+    CROSSING_STEPS = 20          # points tried along a step in between two sightings (_crossing)
     TWIN_ACROSS = 0.4            # a second box on one person (_twin): shared width ...
     TWIN_ALONG = 0.7             # ... and shared height, of the smaller box
 
@@ -662,10 +662,6 @@ class ZoneIntrusion(_Dwell):
                 return other
         return None
 
-    def _stepped_in(self, gone: _Gone, now: _Obs) -> float:
-        """When a person last seen outside the zone and found again inside it crossed its edge."""
-        return self._crossing(anchor(gone.box, self.cfg.anchor), gone.t, now.p, now.t)
-
     def _crossing(self, a: Pt, t_a: float, b: Pt, t_b: float) -> float:
         """On a straight walk at an even pace from ``a`` (outside) to ``b`` (inside), when the first
         point inside was reached."""
@@ -720,7 +716,8 @@ class ZoneIntrusion(_Dwell):
                     self.entry[track.id] = came_from.entry
                 else:                                 # ... and stepped in while unseen
                     obs = _obs(track, frame, self.cfg.anchor)
-                    self.entry[track.id] = _Obs(self._stepped_in(came_from, obs), obs.p, obs.box, obs.frame)
+                    stepped_in = self._crossing(anchor(came_from.box, self.cfg.anchor), came_from.t, obs.p, obs.t)
+                    self.entry[track.id] = _Obs(stepped_in, obs.p, obs.box, obs.frame)
             elif self.cfg.from_outside and track.id not in self.seen_outside:
                 self.done.add(track.id)
                 self.not_counted.add(track.id)
