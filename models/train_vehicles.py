@@ -249,8 +249,10 @@ def build_model(num_classes: int = len(LABELS)):
     return TinyDet()
 
 
-def anchor_points(w: int = INPUT_W, h: int = INPUT_H, strides=STRIDES) -> tuple[np.ndarray, np.ndarray]:
-    """Cell centres (N, 2) in input pixels and each cell's stride (N,), in the model's output order."""
+def anchor_points(w: int | None = None, h: int | None = None, strides=STRIDES) -> tuple[np.ndarray, np.ndarray]:
+    """Cell centres (N, 2) in input pixels and each cell's stride (N,), in the model's output order
+    (default: the input size, INPUT_W x INPUT_H, as ``--input`` set it)."""
+    w, h = w or INPUT_W, h or INPUT_H
     pts, st = [], []
     for s in strides:
         gy, gx = np.meshgrid(np.arange(math.ceil(h / s)), np.arange(math.ceil(w / s)), indexing="ij")
@@ -641,7 +643,18 @@ def evaluate(manifest_path: Path, n: int = 300, seed: int = 7777, score_floor: f
     return result
 
 
+def _input_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x384 (got {text!r})") from None
+    if w <= 0 or h <= 0 or w % 32 or h % 32:
+        raise argparse.ArgumentTypeError(f"width and height must be positive multiples of 32, the largest stride (got {text})")
+    return w, h
+
+
 def main(argv: list[str] | None = None) -> int:
+    global INPUT_W, INPUT_H     # --input: render, train and export at another size
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", type=int, default=3000, help="training scenes to render")
     ap.add_argument("--val", type=int, default=150, help="validation scenes to choose the score threshold on")
@@ -653,7 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (at most 2)")
     ap.add_argument("--out", default=str(OUT_DIR), help="folder for vehicles.onnx and manifest.yaml")
     ap.add_argument("--eval-only", action="store_true", help="re-evaluate the model in --out and rewrite its manifest")
+    ap.add_argument("--input", type=_input_size, default=(INPUT_W, INPUT_H), metavar="WxH",
+                    help=f"model input in pixels, multiples of 32 (default {INPUT_W}x{INPUT_H})")
     args = ap.parse_args(argv)
+    INPUT_W, INPUT_H = args.input
     if args.eval_only:
         manifest_path = Path(args.out) / "manifest.yaml"
         import yaml

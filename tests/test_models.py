@@ -466,6 +466,22 @@ def test_shipped_manifest_is_consistent():
     assert Detector(SHIPPED).input_dtype == np.uint8 and not m.input.rgb
 
 
+def test_training_input_size_is_checked_and_sets_the_grid():
+    """``--input WxH``: multiples of the largest stride, or a one-line error; the cell grid the
+    assigner and the export use follows it."""
+    import argparse
+
+    from models import train_vehicles
+
+    assert train_vehicles._input_size("640x384") == (640, 384)
+    for bad in ("640", "640x360", "axb", "0x288"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            train_vehicles._input_size(bad)
+    points, strides = train_vehicles.anchor_points(640, 384)
+    assert len(points) == sum((640 // s) * (384 // s) for s in (8, 16, 32)) == len(strides)
+    assert len(train_vehicles.anchor_points()[0]) == sum((512 // s) * (288 // s) for s in (8, 16, 32))
+
+
 def test_shipped_detector_finds_vehicles_in_fresh_scenes():
     """Scenes rendered now, from seeds used neither in training nor in the recorded evaluation."""
     from models.train_vehicles import match, random_scene
