@@ -477,9 +477,9 @@ def test_training_input_size_is_checked_and_sets_the_grid():
     for bad in ("640", "640x360", "axb", "0x288"):
         with pytest.raises(argparse.ArgumentTypeError):
             train_vehicles._input_size(bad)
-    points, strides = train_vehicles.anchor_points(640, 384)
-    assert len(points) == sum((640 // s) * (384 // s) for s in (8, 16, 32)) == len(strides)
-    assert len(train_vehicles.anchor_points()[0]) == sum((512 // s) * (288 // s) for s in (8, 16, 32))
+    points, strides = train_vehicles.anchor_points(512, 288)
+    assert len(points) == sum((512 // s) * (288 // s) for s in (8, 16, 32)) == len(strides)
+    assert len(train_vehicles.anchor_points()[0]) == sum((640 // s) * (384 // s) for s in (8, 16, 32))
 
 
 def test_shipped_detector_finds_vehicles_in_fresh_scenes():
