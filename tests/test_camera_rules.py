@@ -183,6 +183,26 @@ def test_illegal_parking_a_box_stretched_for_a_frame_or_two_does_not_restart_the
     assert len(found) == 1 and found[0].t == pytest.approx(1010.0, abs=0.15)
 
 
+def test_illegal_parking_a_box_pulled_aside_for_a_second_and_back_keeps_the_clock():
+    """A passer-by merged into a parked car's box for a second (seen over RTSP, seed 6): long
+    enough to count as a move, but the box comes back to where the car stood, so the clock it had
+    goes on. A car that stays where it moved to starts again."""
+    zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "zone": PARKING_ZONE, "dwell": "10s",
+                                              "still_px": 20})
+
+    def pulled(t):
+        x = 270 if 5.0 <= t < 6.0 else 300
+        return Det("car", 0.9, (x, 250, x + 80, 330))
+
+    def moved(t):
+        x = 270 if t >= 5.0 else 300
+        return Det("car", 0.9, (x, 250, x + 80, 330))
+    found = run([zone], {"pulled": pulled}, 16.0)
+    assert len(found) == 1 and found[0].t == pytest.approx(1010.0, abs=0.15)
+    found = run([zone], {"moved": moved}, 16.0)
+    assert len(found) == 1 and found[0].t == pytest.approx(1015.0, abs=0.25)
+
+
 def test_illegal_parking_keeps_its_clock_when_the_box_jumps_out_of_the_zone_for_a_moment():
     zone = IllegalParkingRule.model_validate({"type": "illegal_parking", "dwell": "6s",
                                               "zone": [[200, 200], [450, 200], [450, 400], [200, 400]]})

@@ -394,12 +394,13 @@ class _Dwell(_RuleBase):
         self.entry: dict[int, _Obs] = {}
         self.half: dict[int, _Obs] = {}
         self.away: dict[int, int] = {}        # observations in a row beyond still_px of the entry
+        self.moved: dict[int, tuple[float, _Obs, _Obs | None]] = {}   # last "move": when, the clock before it
         self.ghosts: list[_Ghost] = []
         self.not_counted: set[int] = set()    # done without being anyone: no one to be a second box of
         self.last_t = 0.0
 
     def _stores(self) -> list[dict]:
-        return [self.entry, self.half, self.away]
+        return [self.entry, self.half, self.away, self.moved]
 
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
@@ -415,6 +416,15 @@ class _Dwell(_RuleBase):
     def _entered(self, track: Track, obs: _Obs) -> _Obs:
         """The observation a track's clock in the zone starts from, on its first frame inside."""
         return obs
+
+    def _restore(self, track_id: int, entry: _Obs, half: _Obs | None) -> None:
+        """A clock kept aside (a ghost's, or the one before a "move") is the track's again."""
+        self.entry[track_id] = entry
+        if half is not None:
+            self.half[track_id] = half
+        else:
+            self.half.pop(track_id, None)
+        self.away.pop(track_id, None)
 
     def _gone_from(self, track_id: int, entry: _Obs, obs: _Obs) -> bool:
         """Whether a vehicle drove off from where it stood: MOVED_AFTER observations in a row
@@ -495,10 +505,7 @@ class _Dwell(_RuleBase):
             if entry is None:
                 ghost = self._adopt(track, obs, frame.t) if self.still_px is not None else None
                 if ghost is not None:
-                    self.entry[track.id] = ghost.entry
-                    if ghost.half is not None:
-                        self.half[track.id] = ghost.half
-                    self.away.pop(track.id, None)
+                    self._restore(track.id, ghost.entry, ghost.half)
                     if ghost.reported:
                         self.done.add(track.id)       # the vehicle already reported, under a new id
                     log.debug("%s: track %d at %s takes over the clock of track %d from %.1f%s", self.name, track.id,
@@ -516,14 +523,25 @@ class _Dwell(_RuleBase):
                 # now. A car that rolls the last few pixels to a stop came to rest before it was
                 # that far from where the clock last started.
                 self.away[track.id] = 0
-                log.debug("%s: track %d moved to %s: its clock starts again", self.name, track.id, _px(obs.box))
-                since = _at_rest_since(track, frame.t, self.still_px, self.cfg.anchor)
-                self.entry[track.id] = _Obs(max(since, track.history[0][0]) if since else frame.t,
-                                            obs.p, obs.box, obs.frame)
-                self.half.pop(track.id, None)
-                entry = self.entry[track.id]
-                if frame.t - entry.t < self.seconds / 2:
-                    continue
+                before = self.moved.pop(track.id, None)
+                if before is not None and frame.t - before[0] <= self.JUMP_KEEP and \
+                        math.dist(obs.p, before[1].p) <= self.still_px:
+                    # back where it stood before a "move" a moment ago: its box was pulled aside (a
+                    # passer-by or a passing car merged into it), the car never left: its clock goes on
+                    self._restore(track.id, before[1], before[2])
+                    entry = before[1]
+                    log.debug("%s: track %d is back at %s: its clock from %.1f goes on", self.name, track.id,
+                              _px(obs.box), entry.t)
+                else:
+                    self.moved[track.id] = (frame.t, entry, self.half.get(track.id))
+                    log.debug("%s: track %d moved to %s: its clock starts again", self.name, track.id, _px(obs.box))
+                    since = _at_rest_since(track, frame.t, self.still_px, self.cfg.anchor)
+                    self.entry[track.id] = _Obs(max(since, track.history[0][0]) if since else frame.t,
+                                                obs.p, obs.box, obs.frame)
+                    self.half.pop(track.id, None)
+                    entry = self.entry[track.id]
+                    if frame.t - entry.t < self.seconds / 2:
+                        continue
             held = frame.t - entry.t
             if held >= self.seconds / 2 and track.id not in self.half:
                 self.half[track.id] = obs
