@@ -3,8 +3,8 @@
 A detector exported from PyTorch takes a (1, 3, H, W) float32 tensor, RGB, scaled to 0..1. Making
 that tensor for every frame in the pipeline (channel swap, HWC to CHW, uint8 to float, scale) costs
 ~0.4 ms of one core per 512 x 288 input (more, in proportion, for larger ones), a few % of a
-model's inference, on one thread. ``embed_pixel_input`` rewrites the graph to take the letterboxed BGR canvas as it is,
-(1, H, W, 3) uint8:
+model's inference, on one thread. ``embed_pixel_input`` rewrites the graph to take the letterboxed
+BGR canvas as it is, (1, H, W, 3) uint8:
 
 - a Cast to float and a Transpose to NCHW at the front, which onnxruntime runs on the session's own
   threads;
