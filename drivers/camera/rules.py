@@ -180,6 +180,8 @@ class RedLight(_StopLineBase):
                 if frame.t - pending["t"] > self.cfg.confirm_within:
                     del self.pending[track.id]     # stopped over the line: not a red-light runner
                     self.done.add(track.id)
+                    log.debug("%s: track %d not %.0f px on within %.1f s of its crossing: stopped over the line",
+                              self.name, track.id, self.cfg.confirm_distance, self.cfg.confirm_within)
                 elif side >= self.cfg.confirm_distance and frame.t > pending["cross"].t and self.eligible(track):
                     del self.pending[track.id]
                     if self._went_on_after_red(track, pending):
@@ -208,6 +210,8 @@ class RedLight(_StopLineBase):
             if self.cfg.grace and state.since is not None and t_cross - state.since < self.cfg.grace:
                 continue
             self.pending[track.id] = {"t": t_cross, "before": before, "cross": obs, "state": state}
+            log.debug("%s: track %d crossed at %.2f on red, at %s: waiting for it %.0f px further on", self.name,
+                      track.id, t_cross, _px(obs.box), self.cfg.confirm_distance)
         return out
 
     def _went_on_after_red(self, track: Track, pending: dict[str, Any]) -> bool:
