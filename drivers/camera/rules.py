@@ -392,6 +392,7 @@ class _Dwell(_RuleBase):
     LOST_KEEP = 60.0        # seconds an ended track's clock waits to be found again (parking only)
     JUMP_KEEP = 3.0         # the same for a box that left the zone
     MOVED_AFTER = 3         # observations in a row beyond still_px that make a move
+    NO_OWNER = -1           # a ghost no live track may take back as its own (ids start at 1)
 
     def __init__(self, name: str, cfg: Any):
         super().__init__(name, cfg)
@@ -399,12 +400,13 @@ class _Dwell(_RuleBase):
         self.half: dict[int, _Obs] = {}
         self.away: dict[int, int] = {}        # observations in a row beyond still_px of the entry
         self.moved: dict[int, tuple[float, _Obs, _Obs | None]] = {}   # last "move": when, the clock before it
+        self.carried: dict[int, float] = {}   # tracks taken over by another vehicle (_carried_off): when
         self.ghosts: list[_Ghost] = []
         self.not_counted: set[int] = set()    # done without being anyone: no one to be a second box of
         self.last_t = 0.0
 
     def _stores(self) -> list[dict]:
-        return [self.entry, self.half, self.away, self.moved]
+        return [self.entry, self.half, self.away, self.moved, self.carried]
 
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
@@ -429,6 +431,21 @@ class _Dwell(_RuleBase):
         else:
             self.half.pop(track_id, None)
         self.away.pop(track_id, None)
+
+    def _taken_over(self, track: Track) -> bool:
+        """The track moves seen as another kind of vehicle than it has been (a bus passing close
+        took over a parked car's track), for the first time."""
+        return track.seen_as != track.label and track.id not in self.carried
+
+    def _carried_off(self, track: Track, entry: _Obs, half: _Obs | None, obs: _Obs) -> None:
+        """The parked car whose track was taken over is likely still there, hidden behind what
+        took it: its clock waits for a track born where it stood, as a lost track's does, and no
+        longer belongs to this one, whose driving off says nothing about the car."""
+        self.carried[track.id] = self.last_t
+        self.ghosts.append(_Ghost(self.last_t + self.LOST_KEEP, entry, half, self.NO_OWNER, False))
+        self.away[track.id] = 0
+        log.debug("%s: track %d at %s is seen as a %s: the %s's clock from %.1f is kept where it stood", self.name,
+                  track.id, _px(obs.box), track.seen_as, track.label, entry.t)
 
     def _gone_from(self, track_id: int, entry: _Obs, obs: _Obs) -> bool:
         """Whether a vehicle drove off from where it stood: MOVED_AFTER observations in a row
@@ -495,7 +512,9 @@ class _Dwell(_RuleBase):
             if not inside(obs.p, self.cfg.zone):
                 entry = self.entry.pop(track.id, None)
                 half = self.half.pop(track.id, None)
-                if entry is not None and self.still_px is not None:
+                if entry is not None and self.still_px is not None and self._taken_over(track):
+                    self._carried_off(track, entry, half, obs)
+                elif entry is not None and self.still_px is not None:
                     # a box that jumped (a car cut by the frame's edge, another one passing close)
                     # may come back where it was: briefly, the clock is kept for it
                     self.ghosts.append(_Ghost(frame.t + self.JUMP_KEEP, entry, half, track.id, False))
@@ -528,6 +547,10 @@ class _Dwell(_RuleBase):
                 # that far from where the clock last started.
                 self.away[track.id] = 0
                 before = self.moved.pop(track.id, None)
+                if self._taken_over(track):
+                    self._carried_off(track, entry, self.half.pop(track.id, None), obs)
+                    self.entry[track.id] = obs         # whatever carries the track now starts its own
+                    continue
                 if before is not None and frame.t - before[0] <= self.JUMP_KEEP and \
                         math.dist(obs.p, before[1].p) <= self.still_px:
                     # back where it stood before a "move" a moment ago: its box was pulled aside (a

@@ -82,6 +82,7 @@ class Track:
     labels: Counter = field(default_factory=Counter)
     misses: int = 0                # detector runs in a row without a match
     look: Look | None = None       # mean colour of the middle of its box, smoothed
+    seen_as: str = ""              # the label of its latest detection (``label`` is the most frequent)
 
     @property
     def anchor(self) -> Pt:
@@ -197,7 +198,8 @@ class Tracker:
 
     def _start(self, det: DetectionLike, t: float, look: Look | None = None) -> None:
         box = tuple(float(v) for v in det.box)
-        track = Track(self.next_id, det.label, box, float(det.score), t, t, best_score=float(det.score), look=look)
+        track = Track(self.next_id, det.label, box, float(det.score), t, t, best_score=float(det.score), look=look,
+                      seen_as=det.label)
         track.labels[det.label] += 1
         track.history.append((t, track.anchor, box))
         self.tracks[track.id] = track
@@ -221,4 +223,5 @@ class Tracker:
         tr.misses = 0
         tr.labels[det.label] += 1
         tr.label = tr.labels.most_common(1)[0][0]
+        tr.seen_as = det.label
         tr.history.append((t, tr.anchor, box))
