@@ -652,7 +652,8 @@ def _input_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x384 (got {text!r})") from None
     if w <= 0 or h <= 0 or w % 32 or h % 32:
-        raise argparse.ArgumentTypeError(f"width and height must be positive multiples of 32, the largest stride (got {text})")
+        raise argparse.ArgumentTypeError(
+            f"width and height must be positive multiples of 32, the largest stride (got {text})")
     return w, h
 
 
