@@ -84,6 +84,9 @@ class Track:
     look: Look | None = None       # mean colour of the middle of its box, smoothed
     seen_as: str = ""              # the label of its latest detection (``label`` is the most frequent)
 
+    def __post_init__(self) -> None:
+        self.seen_as = self.seen_as or self.label
+
     @property
     def anchor(self) -> Pt:
         return anchor(self.box)
@@ -198,8 +201,7 @@ class Tracker:
 
     def _start(self, det: DetectionLike, t: float, look: Look | None = None) -> None:
         box = tuple(float(v) for v in det.box)
-        track = Track(self.next_id, det.label, box, float(det.score), t, t, best_score=float(det.score), look=look,
-                      seen_as=det.label)
+        track = Track(self.next_id, det.label, box, float(det.score), t, t, best_score=float(det.score), look=look)
         track.labels[det.label] += 1
         track.history.append((t, track.anchor, box))
         self.tracks[track.id] = track
