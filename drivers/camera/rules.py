@@ -400,18 +400,19 @@ class _Dwell(_RuleBase):
         self.half: dict[int, _Obs] = {}
         self.away: dict[int, int] = {}        # observations in a row beyond still_px of the entry
         self.moved: dict[int, tuple[float, _Obs, _Obs | None]] = {}   # last "move": when, the clock before it
-        self.carried: dict[int, float] = {}   # tracks taken over by another vehicle (_carried_off): when
+        self.carried: set[int] = set()        # tracks taken over by another vehicle (_carried_off)
         self.ghosts: list[_Ghost] = []
         self.not_counted: set[int] = set()    # done without being anyone: no one to be a second box of
         self.last_t = 0.0
 
     def _stores(self) -> list[dict]:
-        return [self.entry, self.half, self.away, self.moved, self.carried]
+        return [self.entry, self.half, self.away, self.moved]
 
     def forget(self, track_ids: Iterable[int]) -> None:
         ids = list(track_ids)
         for track_id in ids:
             self.not_counted.discard(track_id)
+            self.carried.discard(track_id)
             if self.still_px is not None and track_id in self.entry:
                 # a passing bus can hide a parked car for a while; one already reported is kept
                 # too, or its new track would be reported again a dwell later
@@ -441,7 +442,7 @@ class _Dwell(_RuleBase):
         """The parked car whose track was taken over is likely still there, hidden behind what
         took it: its clock waits for a track born where it stood, as a lost track's does, and no
         longer belongs to this one, whose driving off says nothing about the car."""
-        self.carried[track.id] = self.last_t
+        self.carried.add(track.id)
         self.ghosts.append(_Ghost(self.last_t + self.LOST_KEEP, entry, half, self.NO_OWNER, False))
         self.away[track.id] = 0
         log.debug("%s: track %d at %s is seen as a %s: the %s's clock from %.1f is kept where it stood", self.name,
