@@ -1,0 +1,136 @@
+"""Boundaries: the places where bytes from outside come in, and what happens when handling them fails.
+
+A boundary is one kind of input (MQTT commands, an HJ 212 socket, a fire panel's serial line, Modbus
+answers, camera frames, config files ...). Each handler of one message, frame or connection is
+wrapped so that an exception nobody expected:
+
+- is logged once, with the input's size and a short sha256, never its content (it may hold a
+  secret: a password in a frame, a key in a config), and then summarised at most once a minute;
+- is counted per boundary (``edge-agent status`` and the ``metrics`` topic show the counts);
+- leaves the boundary to answer as its protocol answers (a refusal, a deny, a dropped frame) and
+  to acknowledge the input, so the peer does not send it again forever;
+- and never reaches the event loop, the paho callback or the reader task above the handler.
+
+Usage, at the place the outside input is handed to its parser or handler::
+
+    FRAMES = boundary("hj212.tcp")
+    try:
+        handle(data)
+    except Exception as exc:      # noqa: BLE001 - see agent/boundary.py
+        FRAMES.failed(exc, data)
+        ...answer as the protocol does...
+
+:class:`Throttle` is the rate-limited logging helper the rest of the code uses too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("agent.boundary")
+
+LOG_EVERY_S = 60.0     # after the first failure of a boundary, a summary at most this often
+_REGISTRY: dict[str, "Boundary"] = {}
+
+
+class Throttle:
+    """``ready(key)`` is True at most once every ``every`` seconds per key; the calls it turned
+    down meanwhile are counted, so the next message can say how many were left out."""
+
+    __slots__ = ("every", "_clock", "_last", "_held")
+
+    def __init__(self, every: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.every = every
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def ready(self, key: str = "") -> bool:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        if len(self._last) > 1024:   # keys made from input must not grow this without bound
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+    def held(self, key: str = "") -> int:
+        """How many calls were turned down since the last one let through (and reset the count)."""
+        return self._held.pop(key, 0)
+
+    def warn(self, logger: logging.Logger, key: str, message: str, *args: object) -> None:
+        """``logger.warning`` at most once every ``every`` seconds per key, saying how many were held."""
+        if self.ready(key):
+            held = self.held(key)
+            if held:
+                message += " (and %d more like it since the last report)"
+                args = (*args, held)
+            logger.warning(message, *args, stacklevel=2)
+
+
+def fingerprint(data: Any) -> str:
+    """What a log may say about an input: its size and the start of its sha256, never its content."""
+    if data is None:
+        return "no input"
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    try:
+        raw = bytes(data)
+    except (TypeError, ValueError):
+        return f"a {type(data).__name__}"
+    return f"{len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+class Boundary:
+    """One kind of outside input and its failure counts. Get it with :func:`boundary`, once per
+    kind (module level), so counters are per boundary, not per caller."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_failure_ms: int | None = None
+        self._throttle = Throttle()
+
+    def failed(self, exc: BaseException, data: Any = None, *, where: str = "") -> None:
+        """Count and log (rate-limited) an unexpected exception while handling one input."""
+        self.failures += 1
+        self.last_failure_ms = time.time_ns() // 1_000_000
+        what = f"{type(exc).__name__}: {exc}"
+        if len(what) > 200:
+            what = what[:197] + "..."
+        self.last_error = what
+        if self._throttle.ready():
+            held = self._throttle.held()
+            first = self.failures == 1
+            log.error("%s: handling one input%s failed (%s): %s%s; it was skipped and the agent goes on",
+                      self.name, f" from {where}" if where else "", fingerprint(data), what,
+                      f" ({held} more failures since the last report)" if held else "",
+                      exc_info=exc if first else None)   # the traceback once: the bug is the same
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"failures": self.failures, "last_error": self.last_error, "last_failure_ms": self.last_failure_ms}
+
+
+def boundary(name: str) -> Boundary:
+    """The boundary of that name, made on first use."""
+    known = _REGISTRY.get(name)
+    if known is None:
+        known = _REGISTRY[name] = Boundary(name)
+    return known
+
+
+def snapshot() -> dict[str, dict[str, Any]]:
+    """Every boundary known to this process, by name, for status and metrics."""
+    return {name: b.as_dict() for name, b in sorted(_REGISTRY.items())}
+
+
+def failures() -> dict[str, int]:
+    """Failures per boundary (only those that failed), for the metrics topic."""
+    return {name: b.failures for name, b in sorted(_REGISTRY.items()) if b.failures}
