@@ -5,8 +5,9 @@ the request schema, the HMAC-SHA256 signature, the clock (expired, or from too f
 the replay cache (an id is executed once, across restarts) and the allowlist of the config. Only
 then does it reach a device, within a rate limit. Every request gets a result on
 ``cmd_result/{id}`` through the outbox, except junk beyond ``answers_per_second``, which is counted
-(metrics) and audited but not answered, so a flood of junk cannot fill the outbox ahead of
-telemetry and alarms.
+(metrics) and summarised in the audit log but not answered, so a flood of junk can fill neither
+the outbox ahead of telemetry and alarms nor the disk. A request that meets a bug on its way is
+refused with ``internal`` and counted on the ``mqtt.cmd`` boundary (agent/boundary.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import orjson
 
 from agent import contract
+from agent.boundary import Throttle, boundary
 from agent.config import Commands
 from agent.model import Priority, now_ms
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from agent.app import Agent
 
 log = logging.getLogger("agent.commands")
+COMMANDS = boundary("mqtt.cmd")
 
 
 class Refused(Exception):
@@ -178,19 +181,28 @@ class CommandChannel:
         self.stats = CommandStats()
         self._run_rate = TokenBucket(cfg.max_per_second)
         self._answer_rate = TokenBucket(cfg.answers_per_second)
+        self._unrecorded: Counter[str] = Counter()   # refusals beyond answers_per_second, by code
+        self._log_throttle = Throttle(every=10.0)
         self._tasks: set[asyncio.Task[None]] = set()
+        # built now, not by the first request: importing jsonschema and compiling the schema takes
+        # 60 ms of CPU, which a request arriving on the event loop must not cost
+        contract.validator("cmd_request")
         if self._key is None:
             log.warning("commands.key is not set: every command from the centre will be refused")
 
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self._audit_unrecorded()
         self.replay.close()
         self.audit.close()
 
     # -- intake (on the event loop, from the uplink's socket reader: must stay quick) ------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
+        """One request. Whatever it holds, it ends here: executed, refused with a code, or (junk
+        beyond ``answers_per_second``) counted; an exception never reaches the uplink, whose
+        PUBACK must follow so the broker does not deliver the same request again."""
         self.stats.received += 1
         name = topic.rsplit("/", 1)[-1]
         request_id: str | None = None
@@ -201,12 +213,15 @@ class CommandChannel:
             self.agent.centre_heard()
             if not self._run_rate.take():
                 raise Refused("rate_limited", f"more than {self.cfg.max_per_second:g} commands a second")
+            task = asyncio.get_running_loop().create_task(self._execute(name, request))
         except Refused as refusal:
-            if request_id is None and isinstance(payload, (bytes, bytearray)) and len(payload) <= self.cfg.max_bytes:
-                request_id = _id_of(payload)
-            self._refuse(name, request_id, refusal)
+            self._refuse(name, request_id, payload, refusal)
             return
-        task = asyncio.get_running_loop().create_task(self._execute(name, request))
+        except Exception as exc:   # noqa: BLE001 - a bug meeting this input: refused, counted, logged once
+            COMMANDS.failed(exc, payload, where=f"cmd/{name[:64]}")
+            self._refuse(name, request_id, payload, Refused("internal", "the gateway could not handle this "
+                                                                       "request (counted in its status)"))
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -224,7 +239,11 @@ class CommandChannel:
         if self._key is None:
             raise Refused("no_key", "this gateway has no command key configured")
         # the HMAC before the schema: junk from someone without the key costs one hash, no more
-        if not contract.signature_ok(request, self._key):
+        try:
+            signed = contract.signature_ok(request, self._key)
+        except ValueError as exc:   # nested too deep to have a canonical form: nobody signed it
+            raise Refused("malformed", str(exc)) from None
+        if not signed:
             raise Refused("bad_signature", "the signature does not match this gateway's key")
         problems = contract.validate("cmd_request", request)
         if problems:
@@ -285,16 +304,34 @@ class CommandChannel:
             self.answer(request_id, True, result)
             self.audit.write({"event": "done", "command": name, "id": request_id})
 
-    def _refuse(self, name: str, request_id: str | None, refusal: Refused) -> None:
+    def _refuse(self, name: str, request_id: str | None, payload: bytes, refusal: Refused) -> None:
+        """Count a refusal; answer, audit and log it one by one up to ``answers_per_second``. A flood
+        beyond that is only counted and summarised, so junk can fill neither the outbox ahead of
+        telemetry and alarms nor the disk with audit lines and logs."""
         self.stats.refused[refusal.code] += 1
+        if not self._answer_rate.take():
+            self.stats.unanswered += 1
+            self._unrecorded[refusal.code] += 1
+            return
+        if request_id is None and isinstance(payload, (bytes, bytearray)) and len(payload) <= self.cfg.max_bytes:
+            request_id = _id_of(payload)
+        self._audit_unrecorded()
         self.audit.write({"event": "refused", "command": name[:64], "id": request_id, "code": refusal.code,
                           "message": str(refusal)[:300]}, sync=False)
-        log.warning("command %s (%s) refused: %s", name[:64], request_id, refusal)
-        if request_id is None or not self._answer_rate.take():
-            self.stats.unanswered += 1   # no usable id to answer to, or answering faster than allowed
+        self._log_throttle.warn(log, refusal.code, "command %s (%s) refused: %s", name[:64], request_id,
+                                str(refusal)[:300])
+        if request_id is None:
+            self.stats.unanswered += 1   # no usable id to answer to
             return
         self.stats.answered_refusals += 1
         self.answer(request_id, False, {"code": refusal.code, "message": str(refusal)})
+
+    def _audit_unrecorded(self) -> None:
+        """One audit entry for the refusals of a flood that were only counted."""
+        if self._unrecorded:
+            held, self._unrecorded = self._unrecorded, Counter()
+            self.audit.write({"event": "refused_unrecorded", "count": sum(held.values()), "codes": dict(held)},
+                             sync=False)
 
     def answer(self, request_id: str, ok: bool, value: Any) -> None:
         """Queue the result of a request (also for results that come after a restart)."""

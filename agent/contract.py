@@ -308,7 +308,10 @@ def canonical_json(request: Mapping[str, Any]) -> bytes:
     this is the single definition; prefer integers and strings in ``args`` (float spelling differs
     between JSON libraries)."""
     body = {k: v for k, v in request.items() if k != "sig"}
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:   # nested deeper than 255 levels, or not JSON at all
+        raise ValueError(f"the request has no canonical form ({exc})") from None
 
 
 def sign(request: Mapping[str, Any], key: bytes) -> str:
@@ -317,6 +320,10 @@ def sign(request: Mapping[str, Any], key: bytes) -> str:
 
 
 def signature_ok(request: Mapping[str, Any], key: bytes) -> bool:
-    """Whether ``request["sig"]`` is the right signature, compared in constant time."""
+    """Whether ``request["sig"]`` is the right signature, compared in constant time. Raises
+    ValueError for a request that has no canonical form (see :func:`canonical_json`)."""
     sig = request.get("sig")
-    return isinstance(sig, str) and hmac.compare_digest(sig, sign(request, key))
+    if not isinstance(sig, str):
+        return False
+    # as bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a peer chooses `sig`
+    return hmac.compare_digest(sig.encode("utf-8", "surrogatepass"), sign(request, key).encode("ascii"))

@@ -27,12 +27,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from agent import __version__
+from agent.boundary import boundary
 from agent.config import Gateway, Mqtt
 from agent.contract import CONTRACT_VERSION, topic
 from agent.model import now_ms
 from agent.outbox import Outbox
 
 log = logging.getLogger("agent.uplink")
+INCOMING = boundary("mqtt.cmd")       # shared with agent/commands.py: one count per input channel
+PACKETS = boundary("mqtt.packet")     # a packet paho could not take apart
 
 # CONNACK reasons that mean "this broker does not speak MQTT 5": fall back to 3.1.1 at once.
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
@@ -178,6 +181,9 @@ class MqttUplink:
         client.max_queued_messages_set(0)
         client.connect_timeout = cfg.connect_timeout
         client.enable_logger(logging.getLogger("agent.uplink.paho"))
+        # a bug in one of our callbacks is logged and counted by the callback itself; should one
+        # slip through, paho must still finish handling the packet (and acknowledge it)
+        client.suppress_exceptions = True
         if cfg.username:
             client.username_pw_set(cfg.username, self._password)
         if cfg.tls is not None:
@@ -261,7 +267,13 @@ class MqttUplink:
         client = self._client
         if client is None:
             return
-        rc = client.loop_read(max_packets=64)
+        try:
+            rc = client.loop_read(max_packets=64)
+        except Exception as exc:   # noqa: BLE001 - paho could not parse what the broker sent
+            # where it stopped inside the stream is unknown: a new connection starts clean, and
+            # everything unacknowledged is sent again from the outbox
+            PACKETS.failed(exc, where=self.stats.broker)
+            rc = mqtt.MQTT_ERR_PROTOCOL
         if rc != mqtt.MQTT_ERR_SUCCESS and self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         self._flush_writes()
@@ -319,8 +331,14 @@ class MqttUplink:
         self._wake.set()
 
     def _on_message(self, client, userdata, message) -> None:
-        if self.on_command is not None:
+        # paho sends the PUBACK of a QoS 1 message after this returns: an exception here would
+        # leave it unacknowledged and the broker would deliver it again, forever
+        if self.on_command is None:
+            return
+        try:
             self.on_command(message.topic, message.payload)
+        except Exception as exc:   # noqa: BLE001 - see agent/boundary.py (a topic of invalid UTF-8 too)
+            INCOMING.failed(exc, message.payload, where="cmd/#")
 
     # -- connected life ------------------------------------------------------------------------
 
