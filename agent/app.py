@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 
-from agent import __version__
+from agent import __version__, loopwatch, wire
+from agent.boundary import Throttle
 from agent.config import AgentConfig
 from agent import config_apply
 from agent.commands import CommandChannel
@@ -98,6 +99,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._flush_soon = False
         self._commit_waiters: list[asyncio.Future[None]] = []
+        self._warn = Throttle()
 
     def topic(self, suffix: str) -> str:
         mqtt_cfg = self.config.uplink.mqtt
@@ -107,6 +109,11 @@ class Agent:
 
     def readings(self, device_id: str, readings: list[Reading]) -> None:
         status = self.devices[device_id]
+        readings, fixed = wire.safe_readings(readings)
+        if fixed:   # a value out of range is one bad reading, never a lost batch
+            status.invalid_values += fixed
+            self._warn.warn(log, f"invalid:{device_id}", "device %s: %d value(s) the contract cannot carry "
+                            "(out of range, not finite, too long) reported as bad", device_id, fixed)
         status.readings += len(readings)
         if readings:
             status.last_read_ms = readings[-1].t
@@ -167,7 +174,13 @@ class Agent:
             # the contract's ts is when the message was produced; when it happened goes in t
             # (a violation's clip follows seconds later, a panel reports an alarm it buffered)
             body["t"] = event.t
-        self.outbox.put(priority, self.topic(f"event/{device_id}"), body)
+        try:
+            self.outbox.put(priority, self.topic(f"event/{device_id}"), body)
+        except TypeError:   # orjson: data a parser filled with what JSON cannot carry
+            body["data"] = wire.safe_data(event.data)
+            self._warn.warn(log, f"event-data:{device_id}", "event %s on %s: data the contract cannot carry "
+                            "was replaced (numbers out of range, bytes, nesting)", event.type, device_id)
+            self.outbox.put(priority, self.topic(f"event/{device_id}"), body)
         self.recent_events.append({"ts": now_ms(), "device": device_id, "type": event.type,
                                    "severity": event.severity})
         log.info("event %s %s on %s", event.severity, event.type, device_id)
@@ -322,6 +335,7 @@ class Agent:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        loopwatch.install()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.request_stop)

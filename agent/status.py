@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agent import __version__
+from agent import __version__, boundary as boundaries, loopwatch
 from agent.model import Reading, now_ms
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ class DeviceStatus:
     readings: int = 0              # values read
     sent: int = 0                  # values that passed the report policy
     errors: int = 0
+    invalid_values: int = 0        # values the contract cannot carry, sent as bad (agent/wire.py)
     last_error: str | None = None
     last_batch: list[Reading] | None = None   # the latest readings as read, for the live view
 
@@ -90,6 +91,8 @@ def snapshot(agent: "Agent") -> dict[str, Any]:
         },
         "devices": devices,
         "events": list(agent.recent_events),   # the latest few, newest last
+        "boundaries": boundaries.snapshot(),   # unexpected failures per kind of outside input
+        **({"loop": watch.as_dict()} if (watch := loopwatch.current()) is not None else {}),
         **({"commands": agent.commands.stats.as_dict()} if agent.commands is not None else {}),
     }
 
@@ -113,6 +116,9 @@ def metrics(agent: "Agent") -> dict[str, Any]:
         "uplink": {k: snap["uplink"][k] for k in ("state", "connects", "published", "acked", "rejected")},
         "devices": {d: {"online": bool(s["online"]), "errors": s["errors"], "last_read_ms": s["last_read_ms"],
                         "readings": s["readings"]} for d, s in snap["devices"].items()},
+        "boundaries": {name: b["failures"] for name, b in snap["boundaries"].items()},
+        **({"loop": {k: snap["loop"][k] for k in ("max_callback_ms", "over_budget", "budget_ms")}}
+           if "loop" in snap else {}),
     }
 
 

@@ -541,6 +541,10 @@ def run_case(case: Path) -> dict:
     class CaseSink(_ListSink):
         events: list = []
 
+        def readings(self, device_id, readings) -> None:
+            orjson.dumps([r.to_wire() for r in readings])   # raises where the outbox would
+            super().readings(device_id, readings)
+
         def event(self, device_id, event) -> None:
             self.events.append([event.type, event.data])
 

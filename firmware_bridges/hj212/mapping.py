@@ -28,6 +28,7 @@ _NUMBER_START = frozenset("+-.0123456789")
 _NUMBER_END = frozenset(".0123456789")
 _CODE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 MIN_MS, MAX_MS = 1_000_000_000_000, 9_999_999_999_999   # the contract's epoch_ms bounds
+RUN_STATE_LIMIT = 2**31
 
 
 def number(text: str) -> float | None:
@@ -219,11 +220,13 @@ def map_upload(cn: str, cp: str, qn: str | None, st: str | None, received_ms: in
             else:
                 if value - value != 0.0:      # inf or nan
                     value = None
+        if suffix == "RS" and value is not None:
+            # a run state is a small code (0 stopped, 1 running, 2 fault ...): one too large for an
+            # integer of the contract (SB1-RS=1e20) is a bad reading, not a lost frame
+            value = int(value) if -RUN_STATE_LIMIT < value < RUN_STATE_LIMIT else None
         if value is None:
             result.bad_values += 1
             q = "bad"
-        elif suffix == "RS":
-            value = int(value)
         if suffix in _OWN_UNITS:
             unit = cou_unit if suffix == "Cou" else _OWN_UNITS[suffix]
         append(Reading(name + tail, value, unit, at, q))
