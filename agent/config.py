@@ -58,6 +58,9 @@ class Secret(Strict):
                 return self.file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError([f"secret file {self.file}: cannot be read ({exc.strerror})"]) from exc
+            except UnicodeDecodeError:   # the message would quote the secret's bytes: say where, not what
+                raise ConfigError([f"secret file {self.file}: not UTF-8 text (a key or password is "
+                                   "one line of text)"]) from None
         value = os.environ.get(self.env or "")
         if value is None:
             raise ConfigError([f"secret environment variable {self.env} is not set"])
@@ -319,9 +322,16 @@ def format_validation_error(file: Path, root: yaml.Node | None, error: Validatio
 def read_yaml(file: Path) -> tuple[Any, yaml.Node | None]:
     """Parse a YAML file; raise ConfigError naming the file and line on a syntax error."""
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{file}: cannot be read ({exc.strerror})"]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([f"{file}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); "
+                           "save the file as UTF-8"]) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -329,6 +339,8 @@ def read_yaml(file: Path) -> tuple[Any, yaml.Node | None]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark else str(file)
         raise ConfigError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
+    except RecursionError:
+        raise ConfigError([f"{file}: nested too deeply to be a config"]) from None
     return data, root
 
 

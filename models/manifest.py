@@ -125,10 +125,14 @@ def load_manifest(path: str | Path) -> Manifest:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the model manifest ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path}: not UTF-8 (byte offset {exc.start}); save the manifest as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ModelError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ModelError(f"{path}: nested too deeply to be a manifest") from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a mapping of manifest keys, found {type(data).__name__}")
     try:
