@@ -490,3 +490,47 @@ def test_fixed_rate_schedule_skips_missed_ticks():
     assert dev.next_due == 102.0
     dev.begin_poll(104.5)             # the bus was busy for 2.5 ticks: skip them, do not bunch
     assert dev.next_due == 105.0 and dev.stats.skipped == 2
+
+
+# -- regression cases as data (drivers/modbus/testcases/<what it pins>/case.yaml) ---------------
+
+CASES = Path(__file__).resolve().parents[1] / "drivers" / "modbus" / "testcases"
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
+def test_regression_case(case: str):
+    import yaml
+
+    from agent.units import parse_duration
+
+    spec = yaml.safe_load((CASES / case / "case.yaml").read_text())
+    poll, window = parse_duration(spec["poll"]), parse_duration(spec["window"])
+    expected = spec["expected"]["polls_per_connect"]
+
+    async def scenario():
+        port = free_port()
+        sim = Sim(spec["units"])
+        await sim.start_tcp(port)
+        sink = Sink()
+        runner = one_runner([device(u, tcp(port), poll=poll, backoff={"initial": "100ms", "max": "200ms"})
+                             for u in spec["units"]], sink)
+        ids = [f"dev-{u}" for u in spec["units"]]
+        task = await running(runner)
+        counts: list[dict[str, int]] = []
+        try:
+            for restart in range(spec["restarts"] + 1):
+                if restart:
+                    await sim.stop()
+                    await until(lambda: not runner.connected, 5)
+                    await sim.start_tcp(port)
+                await until(lambda: runner.connected, 5)
+                mark = time.monotonic()
+                await asyncio.sleep(window)
+                counts.append({d: len(sink.readings_of(d, since=mark - 0.05)) for d in ids})
+        finally:
+            await stop(task, runner)
+            await sim.stop()
+        assert counts == [dict.fromkeys(ids, expected)] * (spec["restarts"] + 1), spec["pins"]
+
+    asyncio.run(scenario())

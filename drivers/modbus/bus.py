@@ -204,8 +204,11 @@ class BusRunner(Runner):
 
     async def _poll(self, device: Device) -> None:
         loop = asyncio.get_running_loop()
+        linked = await self._ensure_link()
+        # after the link: a (re)connect makes every device due at once (poll_now), this one too,
+        # and its schedule must then move on from that, or it would be polled twice in a row
         device.begin_poll(loop.time())
-        if not await self._ensure_link():
+        if not linked:
             device.stats.errors += 1
             device.failed(f"link down: {self._link_error}", loop.time(), backoff=False)
             return
