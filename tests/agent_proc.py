@@ -92,7 +92,16 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+        self.check_loop_budget()
         return self.proc.returncode
+
+    def check_loop_budget(self) -> None:
+        """The agent's event loop kept its budget (agent/loopwatch.py; the tests set the CPU clock):
+        the last status it wrote lists every callback over budget."""
+        snapshot = self.status()
+        over = (snapshot or {}).get("loop", {}).get("worst") or []
+        assert not over, (f"the agent held its event loop beyond the budget {len(over)} time(s): "
+                          + "; ".join(f"{o['ms']} ms in {o['callback']}" for o in over))
 
     def __enter__(self) -> "AgentProcess":
         return self if self.proc is not None else self.start()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent import loopwatch
+from agent.loopwatch import LoopWatch
 from tests.hardware_sim.broker import MosquittoBroker
 from tests.hardware_sim.consumer import Consumer
 
@@ -38,3 +41,26 @@ def consumer_factory(broker: MosquittoBroker) -> Iterator[Callable[..., Consumer
     yield make
     for consumer in started:
         consumer.stop()
+
+
+# -- the event loop's 50 ms budget (DESIGN.md) --
+
+os.environ.setdefault("EDGE_AGENT_LOOP_CLOCK", "cpu")   # agents started by tests inherit it
+
+
+@pytest.fixture(autouse=True)
+def loop_budget(request: pytest.FixtureRequest) -> Iterator[LoopWatch]:
+    """Every callback of every event loop a test runs in this process is timed (the loop thread's
+    CPU time, so a preempted callback on two busy cores is not a false alarm); the test fails when
+    one held its loop for more than the budget. ``@pytest.mark.loop_budget(ms)`` raises it for a
+    test whose own harness (not the agent) computes inside a loop."""
+    watch = loopwatch.install()
+    marker = request.node.get_closest_marker("loop_budget")
+    watch.budget_s = (marker.args[0] / 1000) if marker else loopwatch.BUDGET_S
+    watch.reset()
+    yield watch
+    over = list(watch.worst)
+    watch.budget_s = loopwatch.BUDGET_S
+    if over:
+        pytest.fail(f"{len(over)} callback(s) held the event loop beyond its budget: "
+                    + "; ".join(f"{o['ms']} ms in {o['callback']} ({o['thread']})" for o in over), pytrace=False)

@@ -375,6 +375,7 @@ def test_run_in_thread_with_a_sync_client(profile_dirs) -> None:
             client.close()
 
 
+@pytest.mark.loop_budget(400)   # the harness builds 200 simulated units inside the test's loop
 @run_async
 async def test_fleet_serves_the_profile_it_writes(tmp_path) -> None:
     path = write_fleet_profile(tmp_path / "fleet_50.yaml", 50)

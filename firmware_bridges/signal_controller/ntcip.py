@@ -78,31 +78,33 @@ class SnmpClient:
     async def _ensure(self) -> None:
         if self._engine is not None:
             return
-        # late import: the agent only loads pysnmp when a controller is configured
-        from pysnmp.hlapi.v3arch.asyncio import SnmpEngine, UdpTransportTarget
+        # Importing pysnmp (late: the agent loads it only when a controller is configured) and
+        # building an engine (its MIB tables) take 80-300 ms of CPU: in a worker thread, not on
+        # the event loop a fire alarm is waiting on.
+        engine, auth = await asyncio.to_thread(_new_engine, self.connection)
+        from pysnmp.hlapi.v3arch.asyncio import UdpTransportTarget
 
         c = self.connection
-        self._auth = _auth_data(c)
         try:
             self._target = await UdpTransportTarget.create((c.host, c.port), timeout=c.timeout, retries=c.retries)
         except Exception as exc:   # pysnmp wraps resolver errors in its own types
             raise NoAnswer(f"cannot resolve {c.host}: {exc}") from None
-        self._engine = SnmpEngine()
+        self._engine, self._auth = engine, auth
 
     async def get(self, oids: Sequence[tuple[int, ...]]) -> list[int | bytes | None]:
         """Values in order; None where the agent has no such object/instance."""
+        await self._ensure()   # first: it imports pysnmp off the loop
         from pysnmp.hlapi.v3arch.asyncio import ContextData, ObjectIdentity, ObjectType, get_cmd
 
-        await self._ensure()
         binds = [ObjectType(ObjectIdentity(oid_text(oid))) for oid in oids]
         result = await self._call(get_cmd, binds, ContextData, "GET")
         return [_value(value) for _, value in result]
 
     async def set_int(self, oid: tuple[int, ...], value: int) -> None:
+        await self._ensure()
         from pysnmp.hlapi.v3arch.asyncio import ContextData, ObjectIdentity, ObjectType, set_cmd
         from pysnmp.proto.rfc1902 import Integer32
 
-        await self._ensure()
         await self._call(set_cmd, [ObjectType(ObjectIdentity(oid_text(oid)), Integer32(value))], ContextData, "SET")
 
     async def _call(self, command: Callable[..., Any], binds: list[Any], context: Callable[[], Any],
@@ -133,6 +135,17 @@ class SnmpClient:
             except Exception:   # noqa: BLE001 - closing must not fail the runner's close
                 log.debug("closing the SNMP engine failed", exc_info=True)
         self._engine = self._target = self._auth = None
+
+
+def _new_engine(c: NtcipConnection) -> tuple[Any, Any]:
+    """An SNMP engine and the credentials for one connection (blocking work: see SnmpClient._ensure)."""
+    from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
+
+    engine = SnmpEngine()
+    # the tables the first request configures its target in: loaded here, not by that request
+    engine.get_mib_builder().load_modules("SNMP-TARGET-MIB", "SNMP-COMMUNITY-MIB", "SNMP-USER-BASED-SM-MIB",
+                                          "SNMP-VIEW-BASED-ACM-MIB")
+    return engine, _auth_data(c)
 
 
 def _auth_data(c: NtcipConnection) -> Any:

@@ -376,20 +376,28 @@ class SnmpFace:
         return values
 
     async def start(self) -> None:
+        def build() -> tuple[Any, Any]:
+            # importing pysnmp, an engine and its MIB tables take 100+ ms of CPU: not on the loop
+            from pysnmp.entity import config, engine
+            from pysnmp.entity.rfc3413 import context
+
+            snmp_engine = engine.SnmpEngine()
+            config.add_v1_system(snmp_engine, "ntcip-area", self.community)
+            if self.v3_user:
+                config.add_v3_user(snmp_engine, self.v3_user[0], config.USM_AUTH_HMAC96_SHA, self.v3_user[1])
+            return snmp_engine, context.SnmpContext(snmp_engine)
+
+        snmp_engine, snmp_context = await asyncio.to_thread(build)
         from pysnmp.carrier.asyncio.dgram import udp
-        from pysnmp.entity import config, engine
-        from pysnmp.entity.rfc3413 import cmdrsp, context
+        from pysnmp.entity import config
+        from pysnmp.entity.rfc3413 import cmdrsp
         from pysnmp.proto.api import v2c
 
-        self._engine = snmp_engine = engine.SnmpEngine()
+        self._engine = snmp_engine
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(self.address)
         self.bound = sock.getsockname()
         config.add_transport(snmp_engine, udp.DOMAIN_NAME, udp.UdpTransport().open_server_mode(sock=sock))
-        config.add_v1_system(snmp_engine, "ntcip-area", self.community)
-        if self.v3_user:
-            config.add_v3_user(snmp_engine, self.v3_user[0], config.USM_AUTH_HMAC96_SHA, self.v3_user[1])
-        snmp_context = context.SnmpContext(snmp_engine)
         # our own instrumentation controller instead of a compiled MIB: values come from the controller
         snmp_context.unregister_context_name(v2c.OctetString(""))
         snmp_context.register_context_name(v2c.OctetString(""), _Instrumentation(self))
