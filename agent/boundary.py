@@ -20,7 +20,7 @@ Usage, at the place the outside input is handed to its parser or handler::
         FRAMES.failed(exc, data)
         ...answer as the protocol does...
 
-:class:`Throttle` is the rate-limited logging helper the rest of the code uses too.
+:class:`Throttle` (rate-limited logging) and :class:`TokenBucket` serve the rest of the code too.
 """
 
 from __future__ import annotations
@@ -31,9 +31,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agent.model import Event
+
 log = logging.getLogger("agent.boundary")
 
-LOG_EVERY_S = 60.0     # after the first failure of a boundary, a summary at most this often
+LOG_EVERY_S = 60.0       # after the first failure of a boundary, a summary at most this often
+REPORTS_PER_MINUTE = 10  # device.input_unhandled events per boundary
+REPORT_BYTES = 2048      # of the input carried in one (as hex)
 _REGISTRY: dict[str, "Boundary"] = {}
 
 
@@ -74,16 +78,45 @@ class Throttle:
             logger.warning(message, *args, stacklevel=2)
 
 
+class TokenBucket:
+    """``take()`` is True at most ``rate`` times a second on average, ``burst`` (default: one
+    second's worth, at least 1) at once."""
+
+    __slots__ = ("rate", "capacity", "tokens", "at", "_clock")
+
+    def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.capacity
+        self._clock = clock
+        self.at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def _as_bytes(data: Any) -> bytes:
+    if data is None:
+        return b""
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogateescape")
+    try:
+        return bytes(data)
+    except (TypeError, ValueError):
+        return repr(type(data)).encode()
+
+
 def fingerprint(data: Any) -> str:
     """What a log may say about an input: its size and the start of its sha256, never its content."""
     if data is None:
         return "no input"
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogateescape")
-    try:
-        raw = bytes(data)
-    except (TypeError, ValueError):
-        return f"a {type(data).__name__}"
+    raw = _as_bytes(data)
     return f"{len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]}"
 
 
@@ -97,6 +130,7 @@ class Boundary:
         self.last_error: str | None = None
         self.last_failure_ms: int | None = None
         self._throttle = Throttle()
+        self._reports = TokenBucket(REPORTS_PER_MINUTE / 60.0, REPORTS_PER_MINUTE)
 
     def failed(self, exc: BaseException, data: Any = None, *, where: str = "") -> None:
         """Count and log (rate-limited) an unexpected exception while handling one input."""
@@ -113,6 +147,20 @@ class Boundary:
                       self.name, f" from {where}" if where else "", fingerprint(data), what,
                       f" ({held} more failures since the last report)" if held else "",
                       exc_info=exc if first else None)   # the traceback once: the bug is the same
+
+    def report(self, exc: BaseException, data: Any) -> Event | None:
+        """A ``device.input_unhandled`` event carrying the input (hex, bounded) for the device's
+        topic, so what the agent could not read still reaches the centre; None beyond
+        REPORTS_PER_MINUTE for this boundary (the rest are counted, not sent: a device whose every
+        frame meets the same bug must not flood the uplink)."""
+        if not self._reports.take():
+            return None
+        raw = _as_bytes(data)
+        what = f"{type(exc).__name__}: {exc}"
+        return Event("device.input_unhandled", "major", {
+            "boundary": self.name, "error": what[:200], "bytes": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(), "input_hex": raw[:REPORT_BYTES].hex(),
+            "truncated": len(raw) > REPORT_BYTES})
 
     def as_dict(self) -> dict[str, Any]:
         return {"failures": self.failures, "last_error": self.last_error, "last_failure_ms": self.last_failure_ms}

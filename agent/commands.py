@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import orjson
 
 from agent import contract
-from agent.boundary import Throttle, boundary
+from agent.boundary import Throttle, TokenBucket, boundary
 from agent.config import Commands
 from agent.model import Priority, now_ms
 
@@ -62,23 +62,6 @@ def command(name: str) -> Callable[[Handler], Handler]:
         HANDLERS[name] = handler
         return handler
     return register
-
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: float | None = None):
-        self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate)
-        self.tokens = self.capacity
-        self.at = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class ReplayCache:
