@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from firmware_bridges.hj212.frame import Frame, FrameError, StreamFramer, lenient_header
-from firmware_bridges.hj212.station import Session, Station
+from firmware_bridges.hj212.station import FRAMES, Session, Station
 
 log = logging.getLogger("firmware_bridges.hj212")
 
@@ -51,27 +51,46 @@ class Router:
     def handle(self, items: list[Frame | FrameError], session: Session) -> list[bytes]:
         """Answers to write back for what one read produced."""
         out: list[bytes] = []
-        stations = self.stations
         for item in items:
-            if isinstance(item, Frame):
-                station = stations.get(item.mn or "")
-                if station is None:
-                    self._unknown_mn(item.mn, session)
-                    continue
-                out += station.handle(item, session)
-                continue
-            header = lenient_header(item.segment) if item.segment is not None else {}
-            station = stations.get(header.get("MN", "")) if header else None
-            if station is not None:
-                out += station.handle_bad(item, header, session)
-            else:
-                self.stats.bad_frames += 1
-                self.stats.last_error = f"{item.reason}: {item}"
-                now = time.monotonic()
-                if now - self._last_log > 60.0:
-                    self._last_log = now
-                    log.warning("hj212 %s: bad frame from %s: %s", self.name, session.name, item)
+            try:
+                out += self._one(item, session)
+            except Exception as exc:   # noqa: BLE001 - a bug meeting this frame: see agent/boundary.py
+                out += self._unhandled(item, exc, session)
         return out
+
+    def _one(self, item: Frame | FrameError, session: Session) -> list[bytes]:
+        if isinstance(item, Frame):
+            station = self.stations.get(item.mn or "")
+            if station is None:
+                self._unknown_mn(item.mn, session)
+                return []
+            return station.handle(item, session)
+        header = lenient_header(item.segment) if item.segment is not None else {}
+        station = self.stations.get(header.get("MN", "")) if header else None
+        if station is not None:
+            return station.handle_bad(item, header, session)
+        self.stats.bad_frames += 1
+        self.stats.last_error = f"{item.reason}: {item}"
+        now = time.monotonic()
+        if now - self._last_log > 60.0:
+            self._last_log = now
+            log.warning("hj212 %s: bad frame from %s: %s", self.name, session.name, item)
+        return []
+
+    def _unhandled(self, item: Frame | FrameError, exc: Exception, session: Session) -> list[bytes]:
+        """Counted and logged (agent/boundary.py); a frame of a known station goes on to the centre
+        as a device.input_unhandled event and is refused if it asked for an answer, so the logger
+        does not send it again and again."""
+        segment = item.segment if isinstance(item, Frame) else (item.segment or "")
+        FRAMES.failed(exc, segment, where=session.name)
+        station = self.stations.get(item.mn or "") if isinstance(item, Frame) else None
+        if station is None:
+            return []
+        try:
+            return station.unhandled(item, exc)
+        except Exception:   # noqa: BLE001 - the frame is already counted; nothing more to say to the logger
+            log.debug("hj212 %s: answering an unhandled frame failed too", self.name, exc_info=True)
+            return []
 
     def _unknown_mn(self, mn: str | None, session: Session) -> None:
         self.stats.unknown_mn_frames += 1
@@ -100,7 +119,13 @@ class StreamSession:
         """Frames in ``data`` handled; returns the bytes to write back (answers)."""
         framer = self.framer
         frames, garbage = framer.frames, framer.garbage_bytes
-        items = framer.feed(data)
+        try:
+            items = framer.feed(data)
+        except Exception as exc:   # noqa: BLE001 - see agent/boundary.py; the framer starts clean
+            FRAMES.failed(exc, data, where=self.name)
+            framer.reset()
+            self.partial_since = None
+            return b""
         router.stats.garbage_bytes += framer.garbage_bytes - garbage
         if framer.frames != frames:
             self.valid_frames += framer.frames - frames

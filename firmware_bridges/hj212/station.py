@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from agent.boundary import boundary
 from agent.model import DeviceSink, Event, Reading, now_ms
 from firmware_bridges.hj212 import codes, replies
 from firmware_bridges.hj212.frame import (
@@ -41,6 +42,7 @@ from firmware_bridges.hj212.options import Options
 from firmware_bridges.hj212.reassembly import Reassembler
 
 log = logging.getLogger("firmware_bridges.hj212")
+FRAMES = boundary("hj212")   # every frame of every listener and serial line passes it
 
 LOG_EVERY = 60.0    # the same complaint about one station is logged at most once a minute
 RECENT_UPLOADS = 64  # uploads remembered per station to recognise a resend
@@ -145,6 +147,20 @@ class Station:
         # the answer first: a clock setting (1012) may follow it
         out = [self._accept_answer(answered)] if answered.wants_answer else []
         return out + extra
+
+    def unhandled(self, frame: Frame, exc: Exception) -> list[bytes]:
+        """A frame the agent failed on (a bug, counted on the hj212 boundary by the router): its
+        bytes go to the centre in a device.input_unhandled event, and it is refused (QnRtn 2)
+        when it asked for an answer, rather than left for the logger to resend forever."""
+        self.stats.errors += 1
+        self.stats.last_error = f"the agent could not handle a frame ({type(exc).__name__}; see its log)"
+        report = FRAMES.report(exc, frame.segment)
+        if report is not None:
+            try:
+                self.sink.event(self.id, report)
+            except Exception:   # noqa: BLE001 - the outbox's problem; the frame is counted already
+                log.exception("sink rejected an event of %s", self.id)
+        return self._refuse(frame, QNRTN_REFUSED, "the agent could not handle this frame")
 
     def handle_bad(self, error: FrameError, header: dict[str, str], session: Session) -> list[bytes]:
         """A frame with this station's MN that failed its CRC or length check: counted, and
