@@ -225,6 +225,12 @@ class Deframer:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def reset(self) -> int:
+        """Drop what is buffered (after a failure inside feed); returns how many bytes."""
+        dropped = len(self._buf)
+        self._buf.clear()
+        return dropped
+
     def feed(self, data: bytes) -> list[Frame | BadFrame]:
         buf = self._buf
         buf += data

@@ -24,14 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.boundary import boundary
 from agent.config import DeviceConfig
 from agent.model import DeviceSink, now_ms
 from firmware_bridges.gb26875 import appdata
-from firmware_bridges.gb26875.frame import BadFrame, Command, Frame, address_wire, now_label
+from firmware_bridges.gb26875.frame import BadFrame, Command, Deframer, Frame, address_wire, now_label
 from firmware_bridges.gb26875.mapping import FireState
 from firmware_bridges.gb26875.options import Options
 
 log = logging.getLogger("firmware_bridges.gb26875")
+FRAMES = boundary("gb26875")   # every frame of every transport passes Channel.receive
 
 WARN_EVERY_S = 60.0
 
@@ -121,20 +123,23 @@ class DeviceHandler:
             return True   # heartbeat (an empty send-data frame): confirmed, nothing to report
         duplicate = self.state.is_duplicate(frame)
         self.stats.duplicates = self.state.duplicates
+        saved = self.state.checkpoint()
         try:
             unit = appdata.parse(frame.app_data)
+            if unit.problems:
+                self.stats.bad_frames += 1
+                self.stats.last_error = f"serial {frame.serial}: {unit.problems[0]}"
+                self.warn("appdata", "frame %d, type %d: %s", frame.serial, unit.type, "; ".join(unit.problems))
+            output = self.state.apply(unit, frame, duplicate=duplicate)
         except appdata.AppDataError as exc:
             self.stats.bad_frames += 1
             self.stats.last_error = f"serial {frame.serial}: {exc}"
             self.warn("appdata", "frame %d: %s", frame.serial, exc)
             return True   # nothing usable; confirming stops pointless retransmissions of it
-        if unit.problems:
-            self.stats.bad_frames += 1
-            self.stats.last_error = f"serial {frame.serial}: {unit.problems[0]}"
-            self.warn("appdata", "frame %d, type %d: %s", frame.serial, unit.type, "; ".join(unit.problems))
-        saved = self.state.checkpoint()
+        except Exception as exc:   # noqa: BLE001 - a bug meeting this frame: see agent/boundary.py
+            self.state.restore(saved, frame)
+            return self._unhandled(frame, exc)
         try:
-            output = self.state.apply(unit, frame, duplicate=duplicate)
             for event in output.events:
                 self.sink.event(self.id, event)   # critical: committed before this returns
                 self.stats.events += 1
@@ -147,6 +152,23 @@ class DeviceHandler:
             self.state.restore(saved, frame)
             return False
         self.stats.points_dropped = self.state.points_dropped
+        return True
+
+    def _unhandled(self, frame: Frame, exc: Exception) -> bool:
+        """A frame the agent failed on: counted and logged on the gb26875 boundary, its bytes sent
+        to the centre in a device.input_unhandled event, and confirmed once that is committed, so
+        the device does not resend it forever (left unconfirmed if the outbox cannot take it)."""
+        FRAMES.failed(exc, frame.app_data, where=self.stats.peer or self.id)
+        self.stats.internal_errors += 1
+        self.stats.last_error = f"frame {frame.serial}: the agent could not handle it ({type(exc).__name__}; see its log)"
+        report = FRAMES.report(exc, frame.app_data)
+        if report is None:
+            return True
+        try:
+            self.sink.event(self.id, report)
+        except Exception:   # noqa: BLE001 - the outbox cannot take it now: the device resends, we try again
+            log.exception("%s: could not queue the report of frame %d", self.id, frame.serial)
+            return False
         return True
 
     def deny(self, frame: Frame, link: Link) -> None:
@@ -195,6 +217,22 @@ class Channel:
                                 address_wire(frame.source), self._only.options.address, self.name)
             return self._only
         return None
+
+    def receive(self, deframer: Deframer, data: bytes, link: Link) -> None:
+        """Bytes a transport read: each frame in them handled on its own, so a bug meeting one
+        frame (counted on the gb26875 boundary) costs that frame and nothing after it."""
+        try:
+            items = deframer.feed(data)
+        except Exception as exc:   # noqa: BLE001 - see agent/boundary.py; the deframer starts clean
+            FRAMES.failed(exc, data, where=link.peer)
+            deframer.reset()
+            return
+        for item in items:
+            try:
+                self.handle(item, link)
+            except Exception as exc:   # noqa: BLE001 - see agent/boundary.py
+                FRAMES.failed(exc, item.frame.app_data if isinstance(item, BadFrame) and item.frame
+                              else getattr(item, "app_data", None), where=link.peer)
 
     def handle(self, item: Frame | BadFrame, link: Link) -> None:
         if isinstance(item, BadFrame):

@@ -73,8 +73,7 @@ async def _stream(channel: Channel, reader: asyncio.StreamReader, writer: asynci
                 break
             if not data:
                 break
-            for item in deframer.feed(data):
-                channel.handle(item, link)
+            channel.receive(deframer, data, link)
             if writer.transport.get_write_buffer_size():
                 try:
                     await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
@@ -179,8 +178,7 @@ class _Datagrams(asyncio.DatagramProtocol):
             link = self.links[addr] = Link(f"{addr[0]}:{addr[1]}", lambda b, a=addr: transport.sendto(b, a))
         # one datagram carries whole frames (maybe several); a fragment left over is garbage
         deframer = Deframer()
-        for item in deframer.feed(data):
-            self.channel.handle(item, link)
+        self.channel.receive(deframer, data, link)
         if deframer.buffered:
             device = link.device or (self.channel.devices[0] if len(self.channel.devices) == 1 else None)
             if device is not None:
@@ -253,8 +251,7 @@ async def serve_serial(channel: Channel, port: SerialPort, backoff: Backoff) -> 
                 if not closed.done():
                     closed.set_result("end of file")
                 return
-            for item in deframer.feed(data):
-                channel.handle(item, link)
+            channel.receive(deframer, data, link)
 
         loop.add_reader(fd, readable)
         log.info("%s: open", channel.name)
