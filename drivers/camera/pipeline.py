@@ -28,7 +28,7 @@ import numpy as np
 from drivers.camera.evidence import ClipRing, build_violation, encode_clip
 from drivers.camera.geometry import inside
 from drivers.camera.options import Options
-from drivers.camera.reader import RawFrame, Reader
+from drivers.camera.reader import FRAMES, RawFrame, Reader
 from drivers.camera.rules import Frame, RuleSet, SignalFn, Violation
 from drivers.camera.tracker import Tracker, look_of
 
@@ -165,10 +165,9 @@ class Pipeline:
                 self.process(raw)
             except Exception as exc:   # noqa: BLE001 - one bad frame must not stop the camera
                 self.stats.errors += 1
-                message = f"{type(exc).__name__}: {exc}"
-                if self.stats.last_error != message:
-                    log.exception("camera %s: frame %d could not be processed", self.name, raw.seq)
-                self.stats.last_error = message
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                shape = getattr(raw.image, "shape", None)
+                FRAMES.failed(exc, where=f"{self.name} frame {raw.seq} {shape}")
 
     def _unsettled(self) -> bool:
         """Tracks the motion gate cannot vouch for: one still moving, or one seen too few times to

@@ -31,7 +31,10 @@ from urllib.parse import unquote, urlsplit
 import cv2
 import numpy as np
 
+from agent.boundary import boundary
+
 log = logging.getLogger("drivers.camera")
+FRAMES = boundary("camera")   # frames and streams of every camera (the pipeline counts here too)
 
 # FFmpeg reads this at every open: RTSP over TCP (no UDP loss, passes NAT and firewalls), no
 # demuxer buffering beyond what decoding needs.
@@ -92,6 +95,7 @@ class Reader:
         self.kept = 0
         self.reconnects = 0
         self.opens_failed = 0
+        self.undecodable = 0   # frames grabbed that could not be decoded (skipped)
         self.last_error: str | None = None
         self.last_frame_at: float | None = None   # monotonic
         self.connected_at: float | None = None
@@ -142,7 +146,11 @@ class Reader:
         failures = 0
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
-            problem = self._session()
+            try:
+                problem = self._session()
+            except Exception as exc:   # noqa: BLE001 - OpenCV/FFmpeg meeting a stream it chokes on: reopen
+                FRAMES.failed(exc, where=f"{self.name} {self.display}")
+                problem = f"reading {self.display} failed ({type(exc).__name__}: {exc})"
             if self._stop.is_set():
                 break
             if self.connected_at is not None and time.monotonic() - self.connected_at > 30:
@@ -190,7 +198,8 @@ class Reader:
                     continue
                 ok, image = cap.retrieve()
                 if not ok or image is None or image.size == 0:
-                    # a frame FFmpeg could not decode (corrupt): skip it, keep the stream
+                    # a frame FFmpeg could not decode (corrupt): counted and skipped, the stream kept
+                    self.undecodable += 1
                     if now - last_frame >= self.freeze_after:
                         return f"no decodable frame from {self.display} for {now - last_frame:.1f}s"
                     continue

@@ -216,7 +216,7 @@ class CameraRunner(Runner):
         reader = self.reader
         if reader is not None:
             entry.update({"grabbed": reader.grabbed, "kept": reader.kept, "reconnects": reader.reconnects,
-                          "opens_failed": reader.opens_failed})
+                          "opens_failed": reader.opens_failed, "undecodable": reader.undecodable})
         if self.pipeline is not None:
             entry.update(self.pipeline.stats.as_dict())
             entry["tracks"] = len(self.pipeline.tracker.tracks)

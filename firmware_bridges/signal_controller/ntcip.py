@@ -40,12 +40,14 @@ from typing import Any
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from agent.boundary import boundary
 from agent.model import now_ms
 from firmware_bridges.signal_controller.errors import NoAnswer, Refused
 from firmware_bridges.signal_controller.options import NtcipConnection, Options
 from firmware_bridges.signal_controller.phases import ControllerStatus, decode_groups, group_of
 
 log = logging.getLogger("firmware_bridges.signal_controller")
+ANSWERS = boundary("ntcip")   # what controllers answer, through pysnmp, into our decoding
 
 ASC = (1, 3, 6, 1, 4, 1, 1206, 4, 2, 1)
 PHASE_STATUS_GROUP = ASC + (1, 4, 1)     # phaseStatusGroupEntry
@@ -298,9 +300,9 @@ class NtcipLink:
                 self._failed(str(exc), on_state)
                 due = loop.time() + max(self.poll, stats.backoff_s)
                 continue
-            except Exception as exc:   # noqa: BLE001 - a bug must not end the link; log it once per failure
-                log.exception("%s: reading the controller failed unexpectedly", self.device_id)
-                self._failed(f"internal error: {exc}", on_state)
+            except Exception as exc:   # noqa: BLE001 - a bug meeting an answer must not end the link
+                ANSWERS.failed(exc, where=f"{self.device_id} {self.describe}")
+                self._failed(f"internal error: {type(exc).__name__}: {exc}", on_state)
                 due = loop.time() + max(self.poll, stats.backoff_s)
                 continue
             stats.polls += 1
