@@ -22,6 +22,10 @@ def _load(path: Path):
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
+    except Exception as exc:   # noqa: BLE001 - a loader bug meeting this file: one line, not a traceback
+        print(f"config {path}: could not be checked ({type(exc).__name__}: {exc}); "
+              "please report it with the file", file=sys.stderr)
+        return None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -160,7 +164,16 @@ def cmd_decode(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"decode {args.protocol}: {exc}", file=sys.stderr)
         return 1
-    print(orjson.dumps(decoded, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+    except Exception as exc:   # noqa: BLE001 - a bug meeting this frame: say so in one line, not a traceback
+        print(f"decode {args.protocol}: the decoder failed on this frame ({type(exc).__name__}: {exc}); "
+              "please report it with the frame", file=sys.stderr)
+        return 3
+    try:
+        text = orjson.dumps(decoded, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:   # a value JSON cannot carry (a number beyond 64 bits): shown as null
+        from agent.wire import safe_data
+        text = orjson.dumps(safe_data(decoded), option=orjson.OPT_INDENT_2).decode()
+    print(text)
     return 0
 
 
