@@ -39,6 +39,28 @@ def _value(point: str, value: Any, unit: str | None, quality: str) -> str:
 SEVERITY_STYLE = {"critical": "bold white on red", "major": "bold red", "minor": "yellow", "info": "dim"}
 
 
+def _health(snapshot: dict[str, Any]) -> Text:
+    """Inputs whose handling failed, per boundary, and how long the event loop was held at most."""
+    line = Text("inputs ", "dim")
+    failed = {name: b for name, b in (snapshot.get("boundaries") or {}).items() if b["failures"]}
+    if not failed:
+        line.append("no failures", "green")
+    for name, b in failed.items():
+        line.append(f"{name} ", "")
+        line.append(f"{b['failures']} failed", "red")
+        line.append("  ")
+    loop = snapshot.get("loop")
+    if loop:
+        over = loop["over_budget"]
+        line.append("  event loop ", "dim")
+        line.append(f"longest {loop['max_callback_ms']:.0f} ms", "red" if over else "")
+        line.append(f", {over} over {loop['budget_ms']} ms", "red" if over else "dim")
+    for name, b in failed.items():
+        if b.get("last_error"):
+            line.append(f"\n  {name}: {b['last_error']}", "red")
+    return line
+
+
 def render(snapshot: dict[str, Any], *, now_ms: int | None = None) -> Group:
     now = now_ms or int(time.time() * 1000)
     up = snapshot["uplink"]
@@ -76,7 +98,7 @@ def render(snapshot: dict[str, Any], *, now_ms: int | None = None) -> Group:
             latest = Text(dev["last_error"][:70], "red")
         table.add_row(device_id, dev["kind"], state, _age(dev["last_read_ms"], now), latest,
                       str(dev["readings"]), str(dev["sent"]), str(dev["errors"]))
-    parts = [header, uplink, buffer, Text(""), table]
+    parts = [header, uplink, buffer, _health(snapshot), Text(""), table]
     events = snapshot.get("events") or []
     if events:
         parts.append(Text("\nrecent events", "bold"))

@@ -101,5 +101,6 @@ def safe_data(data: Any, depth: int = 0) -> Any:
         return [safe_data(v, depth + 1) for v in data]
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)[:MAX_STRING // 2].hex()
-    value, _ = safe_value(data)
-    return value if value is not None or data is None else str(type(data).__name__)
+    if data is None or isinstance(data, (bool, int, float, str)):
+        return safe_value(data)[0]
+    return f"({type(data).__name__})"   # an object JSON has no form for: named, not lost silently

@@ -252,7 +252,7 @@ def rtsp(args: argparse.Namespace) -> dict[str, Any]:
         if args.keep:    # the rules say at debug level why they did not report something
             settings["agent"]["log"]["level"] = "debug"
         config.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
-        agent = AgentProcess(config, tmp / "agent.log").start()
+        agent = AgentProcess(config, tmp / "agent.log", check_loop=False).start()
         busy = None
         try:
             agent.wait_status(lambda s: s["devices"].get("cam-01", {}).get("online"), 60)

@@ -87,7 +87,7 @@ def main() -> int:
                                     "allow": [{"command": "device.write", "devices": ["aq-01"], "points": ["fan_on"]},
                                               "signal.priority"]},
                           agent={"log": {"format": "text", "level": "error"}})
-    agent = AgentProcess(config, work / "agent.log").start()
+    agent = AgentProcess(config, work / "agent.log", check_loop=False).start()
     centre = Consumer(broker.host, broker.port, gateway=GW, site=SITE).start()
     try:
         agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 30)

@@ -17,8 +17,15 @@ still down. Then the broker comes back, and while the backlog drains a simulated
 Target: p99 of the first figure under 300 ms. Alarms go on every --interval until the backlog
 has drained. Prints figures, asserts nothing.
 
+With ``--junk-commands N`` an attacker on the broker publishes N commands without a valid key
+(unsigned, a non-ASCII sig, JSON nested 300 levels, wrongly signed, not JSON) at ``--junk-rate``
+a second while the alarms go on: the agent refuses them all, and the alarms must not notice.
+At the end the agent's own figures say how long a callback held its event loop at most
+(``--loop-clock``: wall time, what an alarm waits for, or the loop thread's CPU time).
+
     .venv/bin/python bench/fire_alarm_latency.py                       # 1 h backlog of 20 devices
     .venv/bin/python bench/fire_alarm_latency.py --devices 5 --minutes 10  # quicker
+    .venv/bin/python bench/fire_alarm_latency.py --devices 5 --minutes 10 --junk-commands 5000
 
 The backlog is written straight into the outbox file (the agent's Outbox class with its clock set
 back an hour) rather than produced live for an hour: same rows, same sizes, same hist handling.
@@ -27,6 +34,7 @@ back an hour) rather than produced live for an hour: same rows, same sizes, same
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -126,6 +134,44 @@ def start_fleet(port: int, units: int, registers: int, profile: Path) -> subproc
     raise RuntimeError(f"modbus simulator did not start (exit {sim.poll()})")
 
 
+class JunkSender(threading.Thread):
+    """An attacker on the broker: commands without the gateway's key, as fast as ``rate`` allows."""
+
+    KINDS = (
+        lambda i: {"id": f"junk-{i}", "ts": 1, "expires": 2, "args": {}},                        # unsigned
+        lambda i: {"id": f"junk-{i}", "ts": 1, "expires": 2, "args": {}, "sig": "\u00e9"},       # non-ASCII sig
+        lambda i: b'{"id":"junk-%d","args":{"a":%s},"sig":"00"}' % (i, b"[" * 300 + b"]" * 300),  # nested
+        lambda i: {"id": f"junk-{i}", "ts": 1, "expires": 2, "args": {}, "sig": "0" * 64},        # wrong sig
+        lambda i: b"\x00\xff not json %d" % i,                                                   # garbage
+    )
+
+    def __init__(self, port: int, count: int, rate: float):
+        super().__init__(name="junk", daemon=True)
+        self.count, self.rate, self.sent = count, rate, 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-attacker", protocol=mqtt.MQTTv5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+
+    def run(self) -> None:
+        topic = f"citybrain/v1/{SITE}/{GW}/cmd/buffer.stats"
+        self.started_at = time.monotonic()
+        for i in range(self.count):
+            request = self.KINDS[i % len(self.KINDS)](i)
+            payload = request if isinstance(request, bytes) else orjson.dumps(request)
+            self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+            self.sent += 1
+            delay = self.started_at + (i + 1) / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        self.finished_at = time.monotonic()
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
@@ -140,7 +186,12 @@ def main() -> int:
     parser.add_argument("--live-units", type=int, default=20, help="Modbus units polled live every second (0: none)")
     parser.add_argument("--alarms", type=int, default=1000, help="at most this many alarms")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between alarms")
+    parser.add_argument("--junk-commands", type=int, default=0, help="commands without a valid key sent meanwhile")
+    parser.add_argument("--junk-rate", type=float, default=500.0, help="junk commands a second")
+    parser.add_argument("--loop-clock", choices=("wall", "cpu"), default="wall",
+                        help="what the agent's loop watch measures (default: wall time)")
     args = parser.parse_args()
+    os.environ["EDGE_AGENT_LOOP_CLOCK"] = args.loop_clock
 
     work = Path(tempfile.mkdtemp(prefix="bench-fire-"))
     outbox_path = work / "outbox.db"
@@ -162,13 +213,20 @@ def main() -> int:
         devices += [{"id": f"unit-{u:03d}", "driver": "modbus", "unit": u, "profile": str(profile), "poll": "1s",
                      "connection": {"type": "tcp", "host": "127.0.0.1", "port": sim_port, "timeout": "500ms"}}
                     for u in range(1, args.live_units + 1)]
+    commands = {}
+    if args.junk_commands:
+        key_file = work / "command.key"
+        key_file.write_bytes(b"bench-key-" + os.urandom(16).hex().encode())
+        key_file.chmod(0o600)
+        commands = {"commands": {"key": {"file": str(key_file)}, "allow": ["buffer.stats"]}}
     config = agent_config(work, broker_port=broker.port, devices=devices, gateway=GW, site=SITE,
                           buffer={"path": str(outbox_path), "max_bytes": "4GiB"},
                           agent={"status_interval": "200ms", "metrics_interval": "30s",
-                                 "log": {"format": "text", "level": "warning"}})
-    agent = AgentProcess(config, work / "agent.log").start()
+                                 "log": {"format": "text", "level": "warning"}}, **commands)
+    agent = AgentProcess(config, work / "agent.log", check_loop=False).start()
     panel = FirePanel(address=889, confirm_timeout=5.0, retries=3)
     clock: EventClock | None = None
+    junk: JunkSender | None = None
     try:
         agent.wait_status(lambda s: s["buffer"]["depth"] >= messages, 60)
         panel.connect("127.0.0.1", fire_port)
@@ -183,15 +241,21 @@ def main() -> int:
         agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 30)
         print(f"broker back; backlog {depth0} messages; raising fire alarms every {args.interval:g}s "
               f"until it has drained", flush=True)
+        if args.junk_commands:
+            junk = JunkSender(broker.port, args.junk_commands, args.junk_rate)
+            junk.start()
+            print(f"meanwhile {args.junk_commands} junk commands at {args.junk_rate:g}/s", flush=True)
 
         to_event: list[float] = []
         to_confirm: list[float] = []
         depths: list[int] = []
         lost = 0
+        during_junk: list[float] = []
         for i in range(args.alarms):
             depth = (agent.status() or {}).get("buffer", {}).get("depth", 0)
-            if depth < 1000 and i >= 20:
-                break   # drained: the point was to measure during the drain
+            junk_running = junk is not None and junk.is_alive()
+            if depth < 1000 and i >= 20 and not junk_running:
+                break   # drained (and the junk sent): the point was to measure meanwhile
             serial = panel.fire(0x00010000 + i, f"{i % 30 + 1}层 烟感 {i}")
             arrived = clock.wait(serial, 10)
             sent = panel.sent[serial]
@@ -200,6 +264,8 @@ def main() -> int:
                 lost += 1
                 continue
             to_event.append(1000 * (arrived - sent.first_sent_at))
+            if junk_running:
+                during_junk.append(to_event[-1])
             if sent.confirmed_at:
                 to_confirm.append(1000 * (sent.confirmed_at - sent.first_sent_at))
             depths.append(depth)
@@ -221,8 +287,32 @@ def main() -> int:
         latency = snap["uplink"].get("ack_latency_ms", {})
         print(f"agent's own produced-to-PUBACK figures (all messages, last {latency.get('n')}): "
               f"p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms")
+        if junk is not None:
+            junk.join(60)
+            try:   # the last of it may still be on its way through the broker
+                snap = agent.wait_status(lambda s: s["commands"]["received"] >= junk.sent, 15)
+            except AssertionError:
+                snap = agent.status() or snap
+            cmd = snap.get("commands", {})
+            took = (junk.finished_at or time.monotonic()) - (junk.started_at or up)
+            print(f"junk: {junk.sent} sent in {took:.1f}s; the agent received {cmd.get('received')}, refused "
+                  f"{sum(cmd.get('refused', {}).values())} ({cmd.get('refused')}), answered "
+                  f"{cmd.get('answered_refusals')}, executed {cmd.get('executed')}")
+            if during_junk:
+                print(f"  alarms while the junk arrived: {len(during_junk)}; frame -> event p50 "
+                      f"{statistics.median(during_junk):.1f} ms, p99 {pct(during_junk, 99):.1f} ms, "
+                      f"max {max(during_junk):.1f} ms")
+        snap = agent.status() or snap
+        loop = snap.get("loop", {})
+        print(f"event loop ({loop.get('clock')} time): longest callback {loop.get('max_callback_ms')} ms, "
+              f"{loop.get('over_budget')} over {loop.get('budget_ms')} ms of {loop.get('callbacks')}; worst: "
+              + "; ".join(f"{w['ms']} ms {w['callback']}" for w in loop.get("worst", [])[-3:]))
+        failures = {k: v["failures"] for k, v in snap.get("boundaries", {}).items() if v["failures"]}
+        print(f"boundary failures: {failures or 'none'}")
     finally:
         panel.stop()
+        if junk is not None:
+            junk.stop()
         if clock is not None:
             clock.stop()
         agent.stop()

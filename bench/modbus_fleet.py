@@ -124,7 +124,7 @@ def main() -> int:
                           buffer={"max_bytes": "2GiB"},
                           agent={"status_interval": "1s", "metrics_interval": "30s",
                                  "log": {"format": "text", "level": "warning"}})
-    agent = AgentProcess(config, work / "agent.log").start()
+    agent = AgentProcess(config, work / "agent.log", check_loop=False).start()
     try:
         agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 30)
         print(f"fleet: {args.units} units x {args.points} points ({registers} registers) every {args.poll}, "

@@ -152,15 +152,14 @@ class Station:
         """A frame the agent failed on (a bug, counted on the hj212 boundary by the router): its
         bytes go to the centre in a device.input_unhandled event, and it is refused (QnRtn 2)
         when it asked for an answer, rather than left for the logger to resend forever."""
-        self.stats.errors += 1
-        self.stats.last_error = f"the agent could not handle a frame ({type(exc).__name__}; see its log)"
         report = FRAMES.report(exc, frame.segment)
         if report is not None:
             try:
                 self.sink.event(self.id, report)
             except Exception:   # noqa: BLE001 - the outbox's problem; the frame is counted already
                 log.exception("sink rejected an event of %s", self.id)
-        return self._refuse(frame, QNRTN_REFUSED, "the agent could not handle this frame")
+        return self._refuse(frame, QNRTN_REFUSED, f"the agent could not handle this frame ({type(exc).__name__}; "
+                                                  "see its log)")
 
     def handle_bad(self, error: FrameError, header: dict[str, str], session: Session) -> list[bytes]:
         """A frame with this station's MN that failed its CRC or length check: counted, and
