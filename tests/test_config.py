@@ -189,3 +189,42 @@ def test_run_refuses_a_world_readable_secret_clearly(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "readable by every user" in result.stderr and "s3cret" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+# -- regression cases as data (tests/cases/config/<what it pins>/) -------------------------------
+
+CONFIG_CASES = Path(__file__).parent / "cases" / "config"
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in CONFIG_CASES.iterdir() if p.is_dir()))
+def test_config_case(tmp_path, case):
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / case
+    shutil.copytree(CONFIG_CASES / case, folder)
+    for other in folder.iterdir():   # git keeps no file modes: secrets get theirs back here
+        if other.name not in ("config.yaml", "expected.txt"):
+            other.chmod(0o600)
+    config = folder / "config.yaml"
+    config.write_bytes(config.read_bytes().replace(b"{dir}", str(folder).encode()))
+    expected = [line.replace("{file}", str(config)).replace("{dir}", str(folder))
+                for line in (folder / "expected.txt").read_text().splitlines()]
+    run = subprocess.run([sys.executable, "-m", "agent", "check-config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    assert [line.strip() for line in run.stderr.splitlines()[1:]] == expected, run.stderr
+
+
+def test_a_secret_file_that_is_not_text_is_named_without_its_bytes(tmp_path):
+    from agent.config import ConfigError, Secret
+
+    secret = tmp_path / "password"
+    secret.write_bytes(b"\xff\xfehunter2\xff")
+    secret.chmod(0o600)
+    with pytest.raises(ConfigError) as raised:
+        Secret(file=secret).reveal()
+    assert raised.value.problems == [f"secret file {secret}: not UTF-8 text (a key or password is one line of text)"]
+    assert "hunter2" not in str(raised.value)
