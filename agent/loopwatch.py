@@ -43,6 +43,7 @@ class LoopWatch:
         self.callbacks = 0
         self.over_budget = 0
         self.max_s = 0.0
+        self.max_what: str | None = None   # the longest callback so far, in words
         self.worst: deque[dict[str, Any]] = deque(maxlen=8)   # the latest callbacks over budget
         self._throttle = Throttle()
 
@@ -57,11 +58,12 @@ class LoopWatch:
     def as_dict(self) -> dict[str, Any]:
         return {"clock": self.clock_name, "budget_ms": round(self.budget_s * 1000), "callbacks": self.callbacks,
                 "over_budget": self.over_budget, "max_callback_ms": round(self.max_s * 1000, 1),
-                "worst": list(self.worst)}
+                "max_callback": self.max_what, "worst": list(self.worst)}
 
     def reset(self) -> None:
         self.callbacks = self.over_budget = 0
         self.max_s = 0.0
+        self.max_what = None
         self.worst.clear()
 
 
@@ -79,8 +81,9 @@ def _timed_run(handle: asyncio.Handle) -> None:
     finally:
         took = clock() - started
         watch.callbacks += 1
-        if took > watch.max_s:
+        if took > watch.max_s:   # rare once warm: describing the handle costs only then
             watch.max_s = took
+            watch.max_what = describe(handle)
         if took > watch.budget_s:
             watch.over(handle, took)
 

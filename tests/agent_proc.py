@@ -14,6 +14,8 @@ import orjson
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# (ms, callback, test folder): the longest callback of each agent a test stopped, for the summary
+LONGEST: list[tuple[float, str, str]] = []
 
 
 def agent_config(tmp: Path, *, broker_port: int, devices: list[dict[str, Any]], gateway: str = "gw-test",
@@ -103,7 +105,10 @@ class AgentProcess:
         """The agent's event loop kept its budget (agent/loopwatch.py; the tests set the CPU clock):
         the last status it wrote lists every callback over budget."""
         snapshot = self.status()
-        over = (snapshot or {}).get("loop", {}).get("worst") or []
+        loop = (snapshot or {}).get("loop") or {}
+        if loop.get("max_callback_ms") is not None:
+            LONGEST.append((loop["max_callback_ms"], loop.get("max_callback") or "?", str(self.config.parent.name)))
+        over = loop.get("worst") or []
         assert not over, (f"the agent held its event loop beyond the budget {len(over)} time(s): "
                           + "; ".join(f"{o['ms']} ms in {o['callback']}" for o in over))
 

@@ -59,8 +59,25 @@ def loop_budget(request: pytest.FixtureRequest) -> Iterator[LoopWatch]:
     watch.budget_s = (marker.args[0] / 1000) if marker else loopwatch.BUDGET_S
     watch.reset()
     yield watch
+    if watch.max_s:
+        _LONGEST_IN_PROCESS.append((round(watch.max_s * 1000, 1), watch.max_what or "?", request.node.nodeid))
     over = list(watch.worst)
     watch.budget_s = loopwatch.BUDGET_S
     if over:
         pytest.fail(f"{len(over)} callback(s) held the event loop beyond its budget: "
                     + "; ".join(f"{o['ms']} ms in {o['callback']} ({o['thread']})" for o in over), pytrace=False)
+
+
+_LONGEST_IN_PROCESS: list[tuple[float, str, str]] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The longest callback seen over the whole run, in the test process and in the agents the
+    tests started (their own loop watch, reported in their last status)."""
+    from tests.agent_proc import LONGEST
+
+    for where, seen in (("in this process", _LONGEST_IN_PROCESS), ("in agent processes", LONGEST)):
+        if seen:
+            ms, what, test = max(seen)
+            terminalreporter.write_line(f"longest event-loop callback {where} ({loopwatch.current().clock_name} "
+                                        f"time, {len(seen)} measured): {ms} ms, {what} ({test})")
