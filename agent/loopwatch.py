@@ -10,7 +10,9 @@ The production agent measures wall-clock time (what a fire alarm waits for); the
 ``EDGE_AGENT_LOOP_CLOCK=cpu`` and measures the loop thread's CPU time, so that two shared cores
 busy with brokers and simulators do not turn a preempted 5 ms callback into a failure. Either way
 a callback over budget is counted, the worst are kept with what ran, and one warning a minute
-says so. ``edge-agent status`` and the ``metrics`` topic show the figures.
+says so. ``edge-agent status`` and the ``metrics`` topic show the figures. A worker loop on a thread
+of its own (the SNMP client's) is left out with :func:`exempt`: nothing on the agent's loop waits
+for its callbacks, only for the GIL.
 """
 
 from __future__ import annotations
@@ -68,11 +70,20 @@ class LoopWatch:
 
 
 _watch: LoopWatch | None = None
+# Loops of the process that are not the agent's and carry no budget: a worker loop on a thread of its
+# own, where a library computes for a while (the SNMP client's) and nothing waits on it but its callers.
+# (A plain set, checked for every callback: loops exempted live as long as the process.)
+_exempt: set[asyncio.AbstractEventLoop] = set()
+
+
+def exempt(loop: asyncio.AbstractEventLoop) -> None:
+    """Leave ``loop`` out of the watch (see ``_exempt``)."""
+    _exempt.add(loop)
 
 
 def _timed_run(handle: asyncio.Handle) -> None:
     watch = _watch
-    if watch is None:
+    if watch is None or handle._loop in _exempt:   # type: ignore[attr-defined]
         return _ORIGINAL_RUN(handle)
     clock = watch.clock
     started = clock()

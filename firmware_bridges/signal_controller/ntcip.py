@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from agent import loopwatch
 from agent.boundary import boundary
 from agent.model import now_ms
 from firmware_bridges.signal_controller.errors import NoAnswer, Refused
@@ -48,6 +50,7 @@ from firmware_bridges.signal_controller.phases import ControllerStatus, decode_g
 
 log = logging.getLogger("firmware_bridges.signal_controller")
 ANSWERS = boundary("ntcip")   # what controllers answer, through pysnmp, into our decoding
+T = TypeVar("T")
 
 ASC = (1, 3, 6, 1, 4, 1, 1206, 4, 2, 1)
 PHASE_STATUS_GROUP = ASC + (1, 4, 1)     # phaseStatusGroupEntry
@@ -68,8 +71,35 @@ def oid_text(oid: Sequence[int]) -> str:
     return ".".join(map(str, oid))
 
 
+class _SnmpLoop:
+    """One event loop on a thread of its own for every SNMP client of the process. pysnmp is pure
+    Python (pyasn1): 2-5 ms of CPU a request, 50-80 ms for a client's first (MIB tables, the USM
+    user, the target), 200 ms to import. On the agent's loop that would hold a fire alarm back;
+    here the agent's loop only waits for the GIL (a 5 ms switch interval). The loop watch leaves
+    this loop out: its budget is the agent's loop's."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                loopwatch.exempt(loop)
+                threading.Thread(target=loop.run_forever, name="snmp", daemon=True).start()
+                cls._loop = loop
+            return cls._loop
+
+
+async def _on_snmp_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the SNMP loop; cancelling the caller cancels it there too."""
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, _SnmpLoop.get()))
+
+
 class SnmpClient:
-    """GET and SET of integer objects on one agent. Raises NoAnswer or Refused."""
+    """GET and SET of integer objects on one agent. Raises NoAnswer or Refused. Every pysnmp object
+    lives and works on the SNMP loop (:class:`_SnmpLoop`)."""
 
     def __init__(self, connection: NtcipConnection):
         self.connection = connection
@@ -77,32 +107,43 @@ class SnmpClient:
         self._target: Any = None
         self._auth: Any = None
 
+    async def get(self, oids: Sequence[tuple[int, ...]]) -> list[int | bytes | None]:
+        """Values in order; None where the agent has no such object/instance."""
+        return await _on_snmp_loop(self._get(oids))
+
+    async def set_int(self, oid: tuple[int, ...], value: int) -> None:
+        await _on_snmp_loop(self._set_int(oid, value))
+
+    def close(self) -> None:
+        """Close the socket. The next request opens a new engine and target (the supervisor restarts
+        a crashed runner on the same objects after close)."""
+        _SnmpLoop.get().call_soon_threadsafe(self._close_now)
+
+    # -- on the SNMP loop -------------------------------------------------------------------------
+
     async def _ensure(self) -> None:
         if self._engine is not None:
             return
-        # Importing pysnmp (late: the agent loads it only when a controller is configured) and
-        # building an engine (its MIB tables) take 80-300 ms of CPU: in a worker thread, not on
-        # the event loop a fire alarm is waiting on.
-        engine, auth = await asyncio.to_thread(_new_engine, self.connection)
-        from pysnmp.hlapi.v3arch.asyncio import UdpTransportTarget
+        # late import: the agent only loads pysnmp when a controller is configured
+        from pysnmp.hlapi.v3arch.asyncio import SnmpEngine, UdpTransportTarget
 
         c = self.connection
+        auth = _auth_data(c)
         try:
-            self._target = await UdpTransportTarget.create((c.host, c.port), timeout=c.timeout, retries=c.retries)
+            target = await UdpTransportTarget.create((c.host, c.port), timeout=c.timeout, retries=c.retries)
         except Exception as exc:   # pysnmp wraps resolver errors in its own types
             raise NoAnswer(f"cannot resolve {c.host}: {exc}") from None
-        self._engine, self._auth = engine, auth
+        self._engine, self._auth, self._target = SnmpEngine(), auth, target
 
-    async def get(self, oids: Sequence[tuple[int, ...]]) -> list[int | bytes | None]:
-        """Values in order; None where the agent has no such object/instance."""
-        await self._ensure()   # first: it imports pysnmp off the loop
+    async def _get(self, oids: Sequence[tuple[int, ...]]) -> list[int | bytes | None]:
+        await self._ensure()
         from pysnmp.hlapi.v3arch.asyncio import ContextData, ObjectIdentity, ObjectType, get_cmd
 
         binds = [ObjectType(ObjectIdentity(oid_text(oid))) for oid in oids]
         result = await self._call(get_cmd, binds, ContextData, "GET")
         return [_value(value) for _, value in result]
 
-    async def set_int(self, oid: tuple[int, ...], value: int) -> None:
+    async def _set_int(self, oid: tuple[int, ...], value: int) -> None:
         await self._ensure()
         from pysnmp.hlapi.v3arch.asyncio import ContextData, ObjectIdentity, ObjectType, set_cmd
         from pysnmp.proto.rfc1902 import Integer32
@@ -128,26 +169,13 @@ class SnmpClient:
             raise Refused(f"{c.describe()}: {what} refused: {name}" + (f" at {where}" if where is not None else ""))
         return result
 
-    def close(self) -> None:
-        """Close the socket. The next request opens a new engine and target (the supervisor restarts
-        a crashed runner on the same objects after close)."""
+    def _close_now(self) -> None:
         if self._engine is not None:
             try:
                 self._engine.close_dispatcher()
             except Exception:   # noqa: BLE001 - closing must not fail the runner's close
                 log.debug("closing the SNMP engine failed", exc_info=True)
         self._engine = self._target = self._auth = None
-
-
-def _new_engine(c: NtcipConnection) -> tuple[Any, Any]:
-    """An SNMP engine and the credentials for one connection (blocking work: see SnmpClient._ensure)."""
-    from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
-
-    engine = SnmpEngine()
-    # the tables the first request configures its target in: loaded here, not by that request
-    engine.get_mib_builder().load_modules("SNMP-TARGET-MIB", "SNMP-COMMUNITY-MIB", "SNMP-USER-BASED-SM-MIB",
-                                          "SNMP-VIEW-BASED-ACM-MIB")
-    return engine, _auth_data(c)
 
 
 def _auth_data(c: NtcipConnection) -> Any:
@@ -168,10 +196,19 @@ def _auth_data(c: NtcipConnection) -> Any:
         except ImportError:
             raise NoAnswer("SNMPv3 privacy needs the 'cryptography' package on the gateway "
                            "(pip install cryptography), or priv_protocol: none") from None
-    return auth.UsmUserData(
-        c.user, authKey=c.auth_key.reveal() if c.auth_key else None,
-        privKey=c.priv_key.reveal() if c.priv_key else None,
-        authProtocol=auth_protocols[c.auth_protocol], privProtocol=priv_protocols[c.priv_protocol])
+    from pysnmp.entity.config import AUTH_SERVICES, PRIV_SERVICES
+
+    auth_protocol, priv_protocol = auth_protocols[c.auth_protocol], priv_protocols[c.priv_protocol]
+    # RFC 3414's password-to-key hashes a megabyte, which pysnmp would redo for every engine id it
+    # meets; hashed once here, pysnmp only localizes the master key (one hash).
+    auth_key = priv_key = None
+    if c.auth_key and c.auth_protocol != "none":
+        auth_key = AUTH_SERVICES[auth_protocol].hash_passphrase(c.auth_key.reveal())
+    if c.priv_key and c.priv_protocol != "none":
+        priv_key = PRIV_SERVICES[priv_protocol].hash_passphrase(auth_protocol, c.priv_key.reveal())
+    return auth.UsmUserData(c.user, authKey=auth_key, privKey=priv_key, authProtocol=auth_protocol,
+                            privProtocol=priv_protocol, authKeyType=auth.USM_KEY_TYPE_MASTER,
+                            privKeyType=auth.USM_KEY_TYPE_MASTER)
 
 
 def _value(value: Any) -> int | bytes | None:
