@@ -46,6 +46,7 @@ class DeviceStats:
     events: int = 0
     internal_errors: int = 0     # handing over to the agent failed (frame left unconfirmed)
     points_dropped: int = 0      # readings not reported: over max_component_points
+    systems_dropped: int = 0     # objects of systems beyond max_systems: events raised, state not kept
     last_frame_ms: int | None = None
     online: bool | None = None   # None: not heard from yet
     peer: str | None = None
@@ -132,7 +133,6 @@ class DeviceHandler:
             self.stats.bad_frames += 1
             self.stats.last_error = f"serial {frame.serial}: {unit.problems[0]}"
             self.warn("appdata", "frame %d, type %d: %s", frame.serial, unit.type, "; ".join(unit.problems))
-        saved = self.state.checkpoint()
         try:
             output = self.state.apply(unit, frame, duplicate=duplicate)
             for event in output.events:
@@ -144,9 +144,11 @@ class DeviceHandler:
             self.stats.internal_errors += 1
             self.stats.last_error = f"handing frame {frame.serial} to the agent failed: {exc}"
             log.exception("%s: handing frame %d to the agent failed; not confirming it", self.id, frame.serial)
-            self.state.restore(saved, frame)
+            self.state.undo(frame)
             return False
-        self.stats.points_dropped = self.state.points_dropped
+        finally:
+            self.stats.points_dropped = self.state.points_dropped
+            self.stats.systems_dropped = self.state.systems_dropped
         return True
 
     def deny(self, frame: Frame, link: Link) -> None:
