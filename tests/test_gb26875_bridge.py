@@ -482,3 +482,87 @@ def test_requests_and_unknown_commands_are_denied():
     assert [frame.parse(s).serial for s in sent] == [1, 4, 7, 200]
     feed(h, sent, frame.parse(frame.build(9, 2, b"", source=889, destination=CENTRE)))   # heartbeat
     assert frame.parse(sent[-1]).command == 3 and h.stats.denies_sent == 4
+
+
+def system_component_frame(serial: int, system: tuple[int, int], address: int, status: int) -> frame.Frame:
+    app = appdata.encode_unit(2, [appdata.encode_component_status(*system, 40, address, status, "烟感", LABEL)])
+    return frame.parse(frame.build(serial, 2, app, source=889, destination=CENTRE))
+
+
+def test_a_system_beyond_max_systems_still_raises_its_fires_but_is_not_remembered():
+    assert Options.model_validate({"listen": {"port": 1}}).max_systems == 256
+    sink = ListSink()
+    h, sent = handler(sink, max_systems=1)
+    feed(h, sent, system_component_frame(1, (1, 1), 7, NORMAL | FIRE))
+    feed(h, sent, system_component_frame(2, (1, 2), 7, NORMAL | FIRE))   # a second system: beyond the bound
+    feed(h, sent, system_component_frame(3, (1, 2), 7, NORMAL | FIRE))   # nothing remembered: raised again
+    feed(h, sent, system_component_frame(4, (1, 1), 7, NORMAL | FIRE))   # remembered: nothing new
+    assert [e.data["system"] for e in sink.events("fire.alarm")] == ["sys1-1", "sys1-2", "sys1-2"]
+    assert h.stats.systems_dropped == 2 and len(sent) == 4
+    assert sink.latest("sys1-1.components_fire") == 1
+    assert sink.latest("sys1-2.components_fire") is None   # its components are not counted: unknown
+    assert sink.latest("sys1-2.c00000007.status") == NORMAL | FIRE   # readings of what it said still go out
+
+
+def test_max_components_forgets_the_least_recently_seen_quiet_component_first():
+    sink = ListSink()
+    h, sent = handler(sink, max_components=2)
+    for serial, (address, status) in enumerate([(1, FIRE), (2, 0), (3, FIRE),   # 2 (quiet) is forgotten
+                                                (1, FIRE), (1, 0),               # 1 was kept: cleared
+                                                (4, FIRE), (5, FIRE),            # 1 (quiet), then 3 forgotten
+                                                (3, FIRE), (5, FIRE)], start=1):
+        feed(h, sent, component_frame(serial, address, NORMAL | status))
+    assert [(e.type, e.data["component_address"]) for _, e in sink.got_events] == [
+        ("fire.alarm", 1), ("fire.alarm", 3), ("fire.reset", 1), ("fire.alarm", 4), ("fire.alarm", 5),
+        ("fire.alarm", 3)]   # 3 was forgotten when all were in fire: its fire is raised again, 5's is not
+    assert sink.latest("sys1-1.components_fire") == 2
+
+
+def test_undo_takes_back_exactly_what_a_frame_changed():
+    """Random frames against small bounds: undoing a frame gives back the state before it, status
+    for status, and its retransmission then does what the frame did once (the same events, the
+    same state, the same order of forgetting); the indexes kept for speed agree with a recount."""
+    import random
+
+    from firmware_bridges.gb26875 import mapping
+    from firmware_bridges.gb26875.appdata import AppData, ComponentStatus, DeviceStatus, Operation, SystemStatus
+
+    def snapshot(state: mapping.FireState) -> Any:
+        return state._device_flags, {key: (s.status, dict(s.components)) for key, s in state._systems.items()}
+
+    def random_object(r: random.Random, kind: int) -> Any:
+        st, sa = r.choice([(1, 1), (1, 2), (2, 1), (3, 7)])
+        bits = sum(1 << b for b in (0, 1, 2, 3, 4, 5, 8, 9, 10, 13) if r.random() < 0.25)
+        return {2: ComponentStatus(st, sa, 40, r.randrange(8), bits & 0x1FF, "", LABEL),
+                1: SystemStatus(st, sa, bits, LABEL), 21: DeviceStatus(bits & 0x7F, LABEL),
+                4: Operation(bits & 7, 1, LABEL, st, sa), 24: Operation(bits & 7, 1, LABEL)}[kind]
+
+    def events(out: Any) -> list[Any]:
+        return [(e.type, e.data) for e in out.events]
+
+    options = Options.model_validate({"listen": {"port": 1}, "max_components": 6, "max_systems": 3})
+    for seed in range(40):
+        r = random.Random(seed)
+        state, once = mapping.FireState(options), mapping.FireState(options)   # once: no frame undone
+        for serial in range(150):
+            kind = r.choice([2, 2, 2, 1, 1, 21, 4, 24])
+            unit = AppData(kind, 0, [random_object(r, kind) for _ in range(r.randint(1, 4))])
+            f = frame.Frame(serial, (1, 1), LABEL, 889, CENTRE, 2, bytes([serial % 256]))
+            duplicate = r.random() < 0.1
+            before = snapshot(state)
+            out = state.apply(unit, f, duplicate=duplicate, now_ms=0)
+            if r.random() < 0.3:
+                state.undo(f)
+                assert snapshot(state) == before, f"seed {seed}, frame {serial}"
+                out = state.apply(unit, f, duplicate=duplicate, now_ms=0)   # the retransmission
+            assert events(out) == events(once.apply(unit, f, duplicate=duplicate, now_ms=0))
+            assert snapshot(state) == snapshot(once)
+            assert (list(state._quiet), list(state._active)) == (list(once._quiet), list(once._active))
+            assert len(state._systems) <= 3 and len(state._quiet) + len(state._active) <= 6
+            for key, s in state._systems.items():
+                assert set(s.active) == {a for a, v in s.components.items() if v & mapping.ACTIVE}
+                assert s.counts == [sum(v >> bit & 1 for v in s.components.values()) for _, bit in mapping.COUNT_POINTS]
+                assert (key in state._active_systems) == s.has_active
+            assert set(state._active) == {k + (a,) for k, s in state._systems.items() for a in s.active}
+            assert set(state._quiet) | set(state._active) == {
+                k + (a,) for k, s in state._systems.items() for a in s.components}

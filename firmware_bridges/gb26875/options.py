@@ -97,6 +97,11 @@ class Options(_Strict):
     idle_timeout: Duration = 300.0             # TCP: close a connection silent this long
     utc_offset: float = Field(default=8.0, ge=-12, le=14)   # hours; device clocks run on local time
     max_component_points: int = Field(default=256, ge=0, le=100_000)
+    # What is remembered per device, so a peer cannot grow it without bound. Components: their
+    # last status words, the least recently seen quiet one forgotten first. Systems: beyond the
+    # bound their objects still raise events (never drop a fire) but their state is not kept.
+    max_components: int = Field(default=20_000, ge=1, le=1_000_000)
+    max_systems: int = Field(default=256, ge=1, le=65_536)
     reconnect: Backoff = Backoff()             # connect/serial: retry after a failure
 
     @field_validator("address", mode="before")

@@ -48,6 +48,7 @@ class DeviceStats:
     events: int = 0
     internal_errors: int = 0     # handing over to the agent failed (frame left unconfirmed)
     points_dropped: int = 0      # readings not reported: over max_component_points
+    systems_dropped: int = 0     # objects of systems beyond max_systems: events raised, state not kept
     last_frame_ms: int | None = None
     online: bool | None = None   # None: not heard from yet
     peer: str | None = None
@@ -123,13 +124,14 @@ class DeviceHandler:
             return True   # heartbeat (an empty send-data frame): confirmed, nothing to report
         duplicate = self.state.is_duplicate(frame)
         self.stats.duplicates = self.state.duplicates
-        saved = self.state.checkpoint()
+        applied = False
         try:
             unit = appdata.parse(frame.app_data)
             if unit.problems:
                 self.stats.bad_frames += 1
                 self.stats.last_error = f"serial {frame.serial}: {unit.problems[0]}"
                 self.warn("appdata", "frame %d, type %d: %s", frame.serial, unit.type, "; ".join(unit.problems))
+            applied = True
             output = self.state.apply(unit, frame, duplicate=duplicate)
         except appdata.AppDataError as exc:
             self.stats.bad_frames += 1
@@ -137,7 +139,8 @@ class DeviceHandler:
             self.warn("appdata", "frame %d: %s", frame.serial, exc)
             return True   # nothing usable; confirming stops pointless retransmissions of it
         except Exception as exc:   # noqa: BLE001 - a bug meeting this frame: see agent/boundary.py
-            self.state.restore(saved, frame)
+            if applied:
+                self.state.undo(frame)   # no half-applied frame stays in the state
             return self._unhandled(frame, exc)
         try:
             for event in output.events:
@@ -149,9 +152,11 @@ class DeviceHandler:
             self.stats.internal_errors += 1
             self.stats.last_error = f"handing frame {frame.serial} to the agent failed: {exc}"
             log.exception("%s: handing frame %d to the agent failed; not confirming it", self.id, frame.serial)
-            self.state.restore(saved, frame)
+            self.state.undo(frame)
             return False
-        self.stats.points_dropped = self.state.points_dropped
+        finally:
+            self.stats.points_dropped = self.state.points_dropped
+            self.stats.systems_dropped = self.state.systems_dropped
         return True
 
     def _unhandled(self, frame: Frame, exc: Exception) -> bool:
