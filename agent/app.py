@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 
-from agent import __version__, loopwatch, wire
-from agent.boundary import Throttle
+from agent import __version__, wire
+from agent.core import loopwatch
+from agent.core.ratelimit import Throttle
 from agent.config import AgentConfig
 from agent import config_apply
 from agent.commands import CommandChannel
@@ -27,13 +28,13 @@ from agent.contract import topic as contract_topic
 from agent import status as reporting
 from agent.health import HealthSampler
 from agent.status import DeviceStatus
-from agent.model import SEVERITY_PRIORITY, Event, EvidenceFile, Priority, Reading, now_ms
+from agent.core.model import SEVERITY_PRIORITY, Event, EvidenceFile, Priority, Reading, now_ms
 from agent.outbox import Outbox
 from agent.report import ReportFilter
 from agent.rules import AlarmRules
 from agent.uplink import MqttUplink
-from drivers import get_driver
-from drivers.base import DeviceInfo, Runner
+from agent.core.registry import get_driver
+from agent.core.driver import DeviceInfo, Runner
 
 log = logging.getLogger("agent")
 

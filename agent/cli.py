@@ -14,7 +14,8 @@ DEFAULT_CONFIG = Path("/etc/edge-agent/config.yaml")
 
 
 def _load(path: Path):
-    from agent.config import ConfigError, load_config
+    from agent.core.config import ConfigError
+    from agent.config import load_config
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -38,7 +39,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for device in config.all_devices:
         options = device.options
         connection = getattr(options, "connection", None)
-        from drivers import get_driver
+        from agent.core.registry import get_driver
         timing = f", poll {device.poll:g}s" if get_driver(device.driver).polled else ""
         print(f"  {device.id}: driver {device.driver}{timing}"
               + (f", {connection.describe()}" if hasattr(connection, "describe") else ""))
@@ -91,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     setup_logging(config.agent.log.format, config.agent.log.level)
-    from agent.config import ConfigError
+    from agent.core.config import ConfigError
     from agent.outbox import OutboxError
     try:
         asyncio.run(_run_agent(config, args.live, config_path=args.config))
@@ -150,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     """Decode one frame as a technician pasted it; non-zero exit with what is wrong and where."""
-    from drivers import UnknownDriver, get_driver
+    from agent.core.registry import UnknownDriver, get_driver
     try:
         driver = get_driver(args.protocol)
     except UnknownDriver as exc:
@@ -211,7 +212,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
-    from drivers import available_drivers
+    from agent.core.registry import available_drivers
     for name in available_drivers():
         print(name)
     return 0

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent import config_apply
 from agent.commands import DEFERRED, CommandContext, Refused, command
-from agent.model import Event, EvidenceFile
-from drivers.base import DeviceError
+from agent.core.model import Event, EvidenceFile
+from agent.core.driver import DeviceError
 
 if TYPE_CHECKING:
     from agent.app import Agent

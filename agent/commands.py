@@ -7,7 +7,7 @@ then does it reach a device, within a rate limit. Every request gets a result on
 ``cmd_result/{id}`` through the outbox, except junk beyond ``answers_per_second``, which is counted
 (metrics) and summarised in the audit log but not answered, so a flood of junk can fill neither
 the outbox ahead of telemetry and alarms nor the disk. A request that meets a bug on its way is
-refused with ``internal`` and counted on the ``mqtt.cmd`` boundary (agent/boundary.py).
+refused with ``internal`` and counted on the ``mqtt.cmd`` boundary (agent/core/boundary.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import orjson
 
 from agent import contract
-from agent.boundary import Throttle, TokenBucket, boundary
+from agent.core.ratelimit import Throttle, TokenBucket
+from agent.core.boundary import boundary
 from agent.config import Commands
-from agent.model import Priority, now_ms
+from agent.core.model import Priority, now_ms
 
 if TYPE_CHECKING:
     from agent.app import Agent

@@ -31,7 +31,8 @@ import orjson
 import yaml
 
 from agent.commands import Refused
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.config import AgentConfig, load_config
+from agent.core.config import ConfigError
 
 if TYPE_CHECKING:
     from agent.app import Agent

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import orjson
 
-from agent.model import Priority, now_ms
+from agent.core.model import Priority, now_ms
 
 
 def _import_sqlite_utils():

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.config import ReportPolicy
-from agent.model import Reading
+from agent.core.config import ReportPolicy
+from agent.core.model import Reading
 
 
 @dataclass(slots=True)

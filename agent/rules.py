@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.config import AlarmRule
-from agent.model import Event, Reading
+from agent.core.config import AlarmRule
+from agent.core.model import Event, Reading
 
 
 @dataclass(slots=True)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agent import __version__, boundary as boundaries, loopwatch
-from agent.model import Reading, now_ms
+from agent import __version__
+from agent.core import boundary as boundaries, loopwatch
+from agent.core.model import Reading, now_ms
 
 if TYPE_CHECKING:
     from agent.app import Agent

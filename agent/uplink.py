@@ -27,10 +27,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from agent import __version__
-from agent.boundary import boundary
+from agent.core.boundary import boundary
 from agent.config import Gateway, Mqtt
 from agent.contract import CONTRACT_VERSION, topic
-from agent.model import now_ms
+from agent.core.model import now_ms
 from agent.outbox import Outbox
 
 log = logging.getLogger("agent.uplink")
@@ -337,7 +337,7 @@ class MqttUplink:
             return
         try:
             self.on_command(message.topic, message.payload)
-        except Exception as exc:   # noqa: BLE001 - see agent/boundary.py (a topic of invalid UTF-8 too)
+        except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py (a topic of invalid UTF-8 too)
             INCOMING.failed(exc, message.payload, where="cmd/#")
 
     # -- connected life ------------------------------------------------------------------------

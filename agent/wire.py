@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from agent.model import Reading, now_ms
+from agent.core.model import Reading, now_ms
 
 MAX_STRING = 256                        # telemetry.json: a value's maxLength
 MAX_POINT = 128                         # a point name's

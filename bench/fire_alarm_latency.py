@@ -50,7 +50,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.model import Priority  # noqa: E402
+from agent.core.model import Priority  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 from tests.agent_proc import AgentProcess, agent_config  # noqa: E402
 from tests.hardware_sim.broker import MosquittoBroker, free_port  # noqa: E402

@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.config import DeviceConfig  # noqa: E402
-from drivers import get_driver  # noqa: E402
+from agent.core.config import DeviceConfig  # noqa: E402
+from agent.core.registry import get_driver  # noqa: E402
 from firmware_bridges.hj212.frame import Frame, StreamFramer, build_frame  # noqa: E402
 from firmware_bridges.hj212.mapping import LocalClock, PointMapper, map_upload  # noqa: E402
 from tests.hardware_sim.hj212_logger import AIR_VALUES  # noqa: E402

@@ -102,7 +102,7 @@ class AgentProcess:
         return self.proc.returncode
 
     def check_loop_budget(self) -> None:
-        """The agent's event loop kept its budget (agent/loopwatch.py; the tests set the CPU clock):
+        """The agent's event loop kept its budget (agent/core/loopwatch.py; the tests set the CPU clock):
         the last status it wrote lists every callback over budget."""
         snapshot = self.status()
         loop = (snapshot or {}).get("loop") or {}

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent import loopwatch
-from agent.loopwatch import LoopWatch
+from agent.core import loopwatch
+from agent.core.loopwatch import LoopWatch
 from tests.hardware_sim.broker import MosquittoBroker
 from tests.hardware_sim.consumer import Consumer
 
@@ -59,7 +59,7 @@ def loop_budget(request: pytest.FixtureRequest) -> Iterator[LoopWatch]:
     watch.budget_s = (marker.args[0] / 1000) if marker else loopwatch.BUDGET_S
     watch.reset()
     yield watch
-    if watch.max_s:
+    if watch.max_s and marker is None:   # a test that raised its budget is its harness's figure, not ours
         _LONGEST_IN_PROCESS.append((round(watch.max_s * 1000, 1), watch.max_what or "?", request.node.nodeid))
     over = list(watch.worst)
     watch.budget_s = loopwatch.BUDGET_S

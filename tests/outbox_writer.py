@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from agent.model import Priority
+from agent.core.model import Priority
 from agent.outbox import Outbox
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from agent.app import Agent, NotDurable
 from agent.config import AgentConfig
-from agent.model import Event
+from agent.core.model import Event
 
 
 def make_agent(tmp_path) -> Agent:
@@ -53,7 +53,7 @@ def test_evidence_is_listed_in_the_event_and_chunked_over_the_size_limit(tmp_pat
     import orjson
 
     from agent.contract import check
-    from agent.model import EvidenceFile
+    from agent.core.model import EvidenceFile
     agent = make_agent(tmp_path)
     limit = agent.config.uplink.mqtt.max_payload
     big = bytes(range(256)) * (limit // 256 * 2 + 3)        # a little over two chunks
@@ -78,7 +78,7 @@ def test_evidence_is_listed_in_the_event_and_chunked_over_the_size_limit(tmp_pat
 
 
 def test_latest_reading_of_another_device(tmp_path):
-    from agent.model import Reading
+    from agent.core.model import Reading
     config = AgentConfig.model_validate({
         "gateway": {"id": "gw-sink", "site": "lab"},
         "buffer": {"path": str(tmp_path / "outbox.db")}, "agent": {"state_dir": str(tmp_path / "state")},

@@ -1,5 +1,5 @@
-"""The net under every place where outside bytes come in (agent/boundary.py), the sink's check on
-what parsers return (agent/wire.py) and the loop watch (agent/loopwatch.py): a bug meeting one
+"""The net under every place where outside bytes come in (agent/core/boundary.py), the sink's check on
+what parsers return (agent/wire.py) and the loop watch (agent/core/loopwatch.py): a bug meeting one
 input costs that input, is counted and logged once, and the input is answered and acknowledged."""
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
-from agent import boundary as boundaries
-from agent import loopwatch, wire
-from agent.boundary import Throttle, boundary
-from agent.model import Event, Reading
+from agent.core import boundary as boundaries
+from agent.core import loopwatch
+from agent import wire
+from agent.core.ratelimit import Throttle
+from agent.core.boundary import boundary
+from agent.core.model import Event, Reading
 
 
 # -- the boundary itself --------------------------------------------------------------------------
@@ -196,7 +198,7 @@ def test_hj212_a_frame_that_meets_a_bug_is_refused_reported_and_the_next_frame_s
 
 
 def test_gb26875_a_frame_that_meets_a_bug_is_confirmed_and_reported_not_resent_forever(monkeypatch):
-    from agent.config import DeviceConfig
+    from agent.core.config import DeviceConfig
     from firmware_bridges.gb26875 import appdata, frame
     from firmware_bridges.gb26875.mapping import FireState
     from firmware_bridges.gb26875.options import Options

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.model import Event, EvidenceFile
+from agent.core.model import Event, EvidenceFile
 from drivers.camera.evidence import ClipRing, build_violation, head_region
 from drivers.camera.options import Options
 from drivers.camera.pipeline import EvidenceWorker

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.config import ConfigError, load_config
+from agent.core.config import ConfigError
+from agent.config import load_config
 from drivers.camera.options import Options
 from drivers.camera.runner import CameraRunner, default_detector_factory
 from tests.test_camera_evidence import FakeSink

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, Secret, load_config
-from agent.units import parse_duration, parse_size
+from agent.core.config import ConfigError, Secret
+from agent.config import load_config
+from agent.core.units import parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,7 +220,7 @@ def test_config_case(tmp_path, case):
 
 
 def test_a_secret_file_that_is_not_text_is_named_without_its_bytes(tmp_path):
-    from agent.config import ConfigError, Secret
+    from agent.core.config import ConfigError, Secret
 
     secret = tmp_path / "password"
     secret.write_bytes(b"\xff\xfehunter2\xff")

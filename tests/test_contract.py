@@ -12,7 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from agent import contract
-from agent.model import Reading
+from agent.core.model import Reading
 
 # CONTRACT.md's examples, verbatim.
 CONTRACT_TELEMETRY = """{"v":1,"gw":"gw-01","seq":1042,"ts":1763712000123,"hist":false,"device":"aq-01",

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import DeviceConfig
-from agent.model import Event, Reading
+from agent.core.config import DeviceConfig
+from agent.core.model import Event, Reading
 from firmware_bridges.gb26875 import DRIVER, frame
 from tests.hardware_sim.broker import free_port
 from tests.hardware_sim.fire_panel import FIRE, NORMAL, FirePanel
@@ -364,7 +364,7 @@ def test_serial_over_a_pty_pair():
 
 
 def test_config_problems_are_reported():
-    from agent.config import DeviceConfig as D
+    from agent.core.config import DeviceConfig as D
 
     shared = [D.model_validate(listen_device(9026, id="a")), D.model_validate(listen_device(9026, id="b", address=5))]
     (problem,) = DRIVER.validate_devices(shared)

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.config import DeviceConfig
-from agent.model import Event, Reading
+from agent.core.config import DeviceConfig
+from agent.core.model import Event, Reading
 from firmware_bridges.gb26875 import appdata, frame
 from firmware_bridges.gb26875.options import Options
 from firmware_bridges.gb26875.session import DeviceHandler, Link

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import ConfigError, DeviceConfig, load_config
-from agent.model import Event, Reading
-from drivers import get_driver
+from agent.core.config import ConfigError, DeviceConfig
+from agent.config import load_config
+from agent.core.model import Event, Reading
+from agent.core.registry import get_driver
 from firmware_bridges.hj212.frame import MAX_FRAME_BYTES, build_frame
 from firmware_bridges.hj212.server import TcpListener
 from tests.hardware_sim.hj212_logger import AIR_VALUES, Hj212Logger, frame

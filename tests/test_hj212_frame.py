@@ -28,7 +28,7 @@ from firmware_bridges.hj212.frame import (
 from firmware_bridges.hj212.mapping import LocalClock, PointMapper, map_upload, number
 from firmware_bridges.hj212.options import PointOverride
 from firmware_bridges.hj212.reassembly import Reassembler, join
-from agent.model import Reading
+from agent.core.model import Reading
 from firmware_bridges.hj212.replies import data_answer, request_answer
 
 REPO = Path(__file__).resolve().parents[1]

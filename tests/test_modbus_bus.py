@@ -23,9 +23,9 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.config import ConfigError, DeviceConfig
-from agent.model import Reading
-from drivers import get_driver
+from agent.core.config import ConfigError, DeviceConfig
+from agent.core.model import Reading
+from agent.core.registry import get_driver
 from drivers.modbus.bus import BusRunner, Refused
 from drivers.modbus.codec import encode
 from drivers.modbus.device import Device
@@ -502,7 +502,7 @@ CASES = Path(__file__).resolve().parents[1] / "drivers" / "modbus" / "testcases"
 def test_regression_case(case: str):
     import yaml
 
-    from agent.units import parse_duration
+    from agent.core.units import parse_duration
 
     spec = yaml.safe_load((CASES / case / "case.yaml").read_text())
     poll, window = parse_duration(spec["poll"]), parse_duration(spec["window"])

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
-from drivers import get_driver
+from agent.core.config import ConfigError
+from agent.config import load_config
+from agent.core.registry import get_driver
 from drivers.modbus.profile import BUNDLED_DIR, load_profile
 
 SHIPPED = sorted(p.stem for p in BUNDLED_DIR.glob("*.yaml"))

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from agent import outbox as outbox_module
-from agent.model import Priority
+from agent.core.model import Priority
 from agent.outbox import Outbox, OutboxError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """Report policy: every poll, on change beyond a deadband, maximum silence, per-point overrides."""
 
-from agent.config import ReportPolicy
-from agent.model import Reading
+from agent.core.config import ReportPolicy
+from agent.core.model import Reading
 from agent.report import ReportFilter
 
 

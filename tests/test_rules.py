@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from agent.config import AlarmRule
-from agent.model import Reading
+from agent.core.config import AlarmRule
+from agent.core.model import Reading
 from agent.rules import AlarmRules
 
 MIN = 60_000

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from agent.config import ConfigError, DeviceConfig, ReportPolicy, load_config
-from agent.model import Event, Reading
+from agent.core.config import ConfigError, DeviceConfig, ReportPolicy
+from agent.config import load_config
+from agent.core.model import Event, Reading
 from agent.report import ReportFilter
-from drivers import get_driver
+from agent.core.registry import get_driver
 from firmware_bridges.signal_controller.errors import ControllerOffline, PriorityRefused, Refused
 from firmware_bridges.signal_controller.phases import LampDecoder, decode_groups
 from firmware_bridges.signal_controller.runner import SignalRunner

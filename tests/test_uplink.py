@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Gateway, Mqtt
-from agent.model import Priority, now_ms
+from agent.core.model import Priority, now_ms
 from agent.outbox import Outbox
 from agent.uplink import MqttUplink
 from tests.hardware_sim.broker import BrokerTls, MosquittoBroker

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from drivers.base import DeviceInfo, Driver, PointInfo, Runner
+from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
 from drivers.camera.options import Options
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
-    from agent.model import DeviceSink
+    from agent.core.config import DeviceConfig
+    from agent.core.model import DeviceSink
 
 POINTS = (
     PointInfo("fps", "fps", "float32"),            # frames analysed per second

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from agent.config import Secret
-from agent.units import Duration
+from agent.core.config import Secret
+from agent.core.units import Duration
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 VEHICLES = ("car", "bus", "truck")

@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 import cv2
 import numpy as np
 
-from agent.boundary import boundary
+from agent.core.boundary import boundary
 
 log = logging.getLogger("drivers.camera")
 FRAMES = boundary("camera")   # frames and streams of every camera (the pipeline counts here too)

@@ -14,16 +14,16 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from agent.model import Event, EvidenceFile, Reading, now_ms
-from drivers.base import Runner
+from agent.core.model import Event, EvidenceFile, Reading, now_ms
+from agent.core.driver import Runner
 from drivers.camera.options import Options
 from drivers.camera.pipeline import Pipeline
 from drivers.camera.reader import Reader, display_url
 from drivers.camera.rules import SignalBoard, Violation
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
-    from agent.model import DeviceSink
+    from agent.core.config import DeviceConfig
+    from agent.core.model import DeviceSink
 
 log = logging.getLogger("drivers.camera")
 

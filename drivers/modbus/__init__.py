@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.config import ConfigError
-from drivers.base import DeviceInfo, Driver, PointInfo, Runner
+from agent.core.config import ConfigError
+from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
 from drivers.modbus.options import Options, RtuConnection
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
-    from agent.model import DeviceSink
+    from agent.core.config import DeviceConfig
+    from agent.core.model import DeviceSink
 
 
 class ModbusDriver(Driver):

@@ -35,10 +35,10 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
-from agent.boundary import boundary
-from agent.config import DeviceConfig
-from agent.model import DeviceSink, Reading, Value, now_ms
-from drivers.base import DeviceError, Runner
+from agent.core.boundary import boundary
+from agent.core.config import DeviceConfig
+from agent.core.model import DeviceSink, Reading, Value, now_ms
+from agent.core.driver import DeviceError, Runner
 from drivers.modbus import codec
 from drivers.modbus.device import Backoffs, Device
 from drivers.modbus.options import Backoff, Options, RtuConnection, TcpConnection
@@ -258,7 +258,7 @@ class BusRunner(Runner):
             device.stats.errors += 1
             raise NoAnswer(f"unit {device.unit}: malformed answer to {request.table} {request.address} "
                            f"x{request.count} ({exc})") from None
-        except Exception as exc:   # noqa: BLE001 - a decoder bug meeting this answer: see agent/boundary.py
+        except Exception as exc:   # noqa: BLE001 - a decoder bug meeting this answer: see agent/core/boundary.py
             ANSWERS.failed(exc, where=f"{self.name} unit {device.unit}")
             device.stats.garbage += 1
             device.stats.errors += 1

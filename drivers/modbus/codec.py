@@ -34,7 +34,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from agent.model import Value
+from agent.core.model import Value
 
 ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 # Telegraf's 64-bit spellings are accepted as aliases of the four names above.

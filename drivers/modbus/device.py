@@ -25,7 +25,7 @@ from typing import Any
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from agent.model import DeviceSink, Reading, Value
+from agent.core.model import DeviceSink, Reading, Value
 from drivers.modbus import plan as planner
 from drivers.modbus.codec import FLOAT_TYPES, NUMERIC_TYPES
 from drivers.modbus.options import Backoff, Options

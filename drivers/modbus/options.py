@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from agent.units import Duration
+from agent.core.units import Duration
 from drivers.modbus.profile import (
     Point, Profile, ProfileNotFound, load_profile, looks_like_path, profile_search_dirs,
 )

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.model import Value
+from agent.core.model import Value
 from drivers.modbus.codec import compile_block
 from drivers.modbus.profile import BIT_TABLES, Point
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from agent.config import ConfigError, validate_yaml_file
+from agent.core.config import ConfigError, validate_yaml_file
 from drivers.modbus import codec
 
 Table = Literal["coil", "discrete_input", "input_register", "holding_register"]

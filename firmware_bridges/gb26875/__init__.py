@@ -24,15 +24,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from agent.config import ConfigError
-from drivers.base import DeviceInfo, Driver, PointInfo, Runner
+from agent.core.config import ConfigError
+from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
 from firmware_bridges.gb26875 import appdata, frame
 from firmware_bridges.gb26875.mapping import COUNT_POINTS, DEVICE_POINTS, SYSTEM_POINTS, system_id
 from firmware_bridges.gb26875.options import Options
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
-    from agent.model import DeviceSink
+    from agent.core.config import DeviceConfig
+    from agent.core.model import DeviceSink
 
 
 def _point_type(name: str, bit: int | None) -> str:

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.model import Event, Reading, Severity
+from agent.core.model import Event, Reading, Severity
 from firmware_bridges.gb26875 import codes
 from firmware_bridges.gb26875.appdata import (
     AnalogValue, AppData, ClockTime, ComponentStatus, DeviceStatus, Operation, SystemStatus, component_id,

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.units import Duration
+from agent.core.units import Duration
 from firmware_bridges.gb26875.frame import MAX_ADDRESS
 
 

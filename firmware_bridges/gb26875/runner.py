@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from agent.config import DeviceConfig
-from agent.model import DeviceSink
-from drivers.base import Runner
+from agent.core.config import DeviceConfig
+from agent.core.model import DeviceSink
+from agent.core.driver import Runner
 from firmware_bridges.gb26875 import transport
 from firmware_bridges.gb26875.options import Options
 from firmware_bridges.gb26875.session import Channel

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.boundary import boundary
-from agent.config import DeviceConfig
-from agent.model import DeviceSink, now_ms
+from agent.core.boundary import boundary
+from agent.core.config import DeviceConfig
+from agent.core.model import DeviceSink, now_ms
 from firmware_bridges.gb26875 import appdata
 from firmware_bridges.gb26875.frame import BadFrame, Command, Deframer, Frame, address_wire, now_label
 from firmware_bridges.gb26875.mapping import FireState
@@ -138,7 +138,7 @@ class DeviceHandler:
             self.stats.last_error = f"serial {frame.serial}: {exc}"
             self.warn("appdata", "frame %d: %s", frame.serial, exc)
             return True   # nothing usable; confirming stops pointless retransmissions of it
-        except Exception as exc:   # noqa: BLE001 - a bug meeting this frame: see agent/boundary.py
+        except Exception as exc:   # noqa: BLE001 - a bug meeting this frame: see agent/core/boundary.py
             if applied:
                 self.state.undo(frame)   # no half-applied frame stays in the state
             return self._unhandled(frame, exc)
@@ -228,14 +228,14 @@ class Channel:
         frame (counted on the gb26875 boundary) costs that frame and nothing after it."""
         try:
             items = deframer.feed(data)
-        except Exception as exc:   # noqa: BLE001 - see agent/boundary.py; the deframer starts clean
+        except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py; the deframer starts clean
             FRAMES.failed(exc, data, where=link.peer)
             deframer.reset()
             return
         for item in items:
             try:
                 self.handle(item, link)
-            except Exception as exc:   # noqa: BLE001 - see agent/boundary.py
+            except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py
                 FRAMES.failed(exc, item.frame.app_data if isinstance(item, BadFrame) and item.frame
                               else getattr(item, "app_data", None), where=link.peer)
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agent.config import ConfigError
-from drivers.base import DeviceInfo, Driver, PointInfo, Runner
+from agent.core.config import ConfigError
+from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
 from firmware_bridges.hj212 import codes
 from firmware_bridges.hj212.options import Listen, Options, SerialLine
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
-    from agent.model import DeviceSink
+    from agent.core.config import DeviceConfig
+    from agent.core.model import DeviceSink
 
 AGGREGATES = tuple(f"{period}.{stat}" for period in ("minute", "hour", "day") for stat in ("avg", "min", "max"))
 _WILDCARDS = {"0.0.0.0", "::", "", "*"}

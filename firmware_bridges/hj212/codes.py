@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.model import Quality
+from agent.core.model import Quality
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent.model import Reading
+from agent.core.model import Reading
 from firmware_bridges.hj212 import codes
 from firmware_bridges.hj212.options import PointOverride
 

@@ -20,8 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.config import ID_PATTERN, Secret
-from agent.units import Duration
+from agent.core.config import ID_PATTERN, Secret
+from agent.core.units import Duration
 
 _MN = re.compile(r"^[0-9A-Za-z_.-]{1,32}$")
 

@@ -54,7 +54,7 @@ class Router:
         for item in items:
             try:
                 out += self._one(item, session)
-            except Exception as exc:   # noqa: BLE001 - a bug meeting this frame: see agent/boundary.py
+            except Exception as exc:   # noqa: BLE001 - a bug meeting this frame: see agent/core/boundary.py
                 out += self._unhandled(item, exc, session)
         return out
 
@@ -78,7 +78,7 @@ class Router:
         return []
 
     def _unhandled(self, item: Frame | FrameError, exc: Exception, session: Session) -> list[bytes]:
-        """Counted and logged (agent/boundary.py); a frame of a known station goes on to the centre
+        """Counted and logged (agent/core/boundary.py); a frame of a known station goes on to the centre
         as a device.input_unhandled event and is refused if it asked for an answer, so the logger
         does not send it again and again."""
         segment = item.segment if isinstance(item, Frame) else (item.segment or "")
@@ -121,7 +121,7 @@ class StreamSession:
         frames, garbage = framer.frames, framer.garbage_bytes
         try:
             items = framer.feed(data)
-        except Exception as exc:   # noqa: BLE001 - see agent/boundary.py; the framer starts clean
+        except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py; the framer starts clean
             FRAMES.failed(exc, data, where=self.name)
             framer.reset()
             self.partial_since = None

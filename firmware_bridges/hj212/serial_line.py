@@ -18,8 +18,8 @@ from typing import Any
 
 import serial
 
-from agent.model import DeviceSink, Reading
-from drivers.base import Runner
+from agent.core.model import DeviceSink, Reading
+from agent.core.driver import Runner
 from firmware_bridges.hj212.options import SerialLine
 from firmware_bridges.hj212.router import Router, StreamSession
 from firmware_bridges.hj212.station import Station, latest_reading

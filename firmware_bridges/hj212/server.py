@@ -22,8 +22,8 @@ import logging
 import time
 from typing import Any
 
-from agent.model import DeviceSink, Reading
-from drivers.base import Runner
+from agent.core.model import DeviceSink, Reading
+from agent.core.driver import Runner
 from firmware_bridges.hj212.options import Listen
 from firmware_bridges.hj212.router import Router, StreamSession
 from firmware_bridges.hj212.station import FRAMES, Station, latest_reading
@@ -58,7 +58,7 @@ class _Connection(asyncio.Protocol, StreamSession):
         listener = self.listener
         try:   # the router isolates each frame already; this is the net under the connection's own code
             reply = self.feed(data, listener.router, now)
-        except Exception as exc:   # noqa: BLE001 - see agent/boundary.py
+        except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py
             FRAMES.failed(exc, data, where=self.name)
             reply = b""
         transport = self.transport

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from agent.boundary import boundary
-from agent.model import DeviceSink, Event, Reading, now_ms
+from agent.core.boundary import boundary
+from agent.core.model import DeviceSink, Event, Reading, now_ms
 from firmware_bridges.hj212 import codes, replies
 from firmware_bridges.hj212.frame import (
     QNRTN_FLAG, QNRTN_NAMES, QNRTN_PW, QNRTN_READY, QNRTN_REFUSED, QNRTN_ST, Frame, FrameError, check_header,

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.config import ConfigError
-from drivers.base import DeviceInfo, Driver, PointInfo, Runner
+from agent.core.config import ConfigError
+from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
 from firmware_bridges.signal_controller.options import NtcipConnection, Options
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
-    from agent.model import DeviceSink
+    from agent.core.config import DeviceConfig
+    from agent.core.model import DeviceSink
 
 KIND = "traffic_signal"
 

@@ -3,7 +3,7 @@ centre's operator (they end up in command results)."""
 
 from __future__ import annotations
 
-from drivers.base import DeviceError
+from agent.core.driver import DeviceError
 
 
 class SignalError(DeviceError):

@@ -17,8 +17,8 @@ import logging
 import time
 from typing import Any
 
-from agent.config import DeviceConfig
-from agent.model import Event, Reading
+from agent.core.config import DeviceConfig
+from agent.core.model import Event, Reading
 from drivers.modbus import bus as modbus_bus
 from drivers.modbus.options import Options as ModbusOptions
 from firmware_bridges.signal_controller.errors import NoAnswer, Refused

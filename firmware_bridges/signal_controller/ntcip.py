@@ -41,9 +41,9 @@ from typing import Any, TypeVar
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from agent import loopwatch
-from agent.boundary import boundary
-from agent.model import now_ms
+from agent.core import loopwatch
+from agent.core.boundary import boundary
+from agent.core.model import now_ms
 from firmware_bridges.signal_controller.errors import NoAnswer, Refused
 from firmware_bridges.signal_controller.options import NtcipConnection, Options
 from firmware_bridges.signal_controller.phases import ControllerStatus, decode_groups, group_of

@@ -26,8 +26,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from agent.config import Secret
-from agent.units import Duration
+from agent.core.config import Secret
+from agent.core.units import Duration
 from drivers.modbus.options import Backoff, Connection as ModbusConnection
 from drivers.modbus.profile import Profile, ProfileNotFound, load_profile, looks_like_path, profile_search_dirs
 from firmware_bridges.signal_controller.phases import LampDecoder

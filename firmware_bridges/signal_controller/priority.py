@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from agent.model import DeviceSink, Event, now_ms
+from agent.core.model import DeviceSink, Event, now_ms
 from firmware_bridges.signal_controller.errors import ControllerOffline, NoAnswer, PriorityRefused, Refused
 from firmware_bridges.signal_controller.options import PhaseConfig, PriorityConfig
 from firmware_bridges.signal_controller.phases import ControllerStatus

@@ -20,9 +20,9 @@ import json
 import logging
 from typing import Any
 
-from agent.config import DeviceConfig
-from agent.model import DeviceSink, Reading, Value, now_ms
-from drivers.base import Runner
+from agent.core.config import DeviceConfig
+from agent.core.model import DeviceSink, Reading, Value, now_ms
+from agent.core.driver import Runner
 from firmware_bridges.signal_controller.errors import PriorityRefused
 from firmware_bridges.signal_controller.ntcip import NtcipLink
 from firmware_bridges.signal_controller.options import Options

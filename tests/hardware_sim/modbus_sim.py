@@ -54,7 +54,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.model import Value
+from agent.core.model import Value
 from drivers.modbus import codec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from agent.boundary import Throttle
+from agent.core.ratelimit import Throttle
 
 log = logging.getLogger("agent.loop")
 

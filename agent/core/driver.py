@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
-    from agent.model import DeviceSink, Reading, Value
+    from agent.core.config import DeviceConfig
+    from agent.core.model import DeviceSink, Reading, Value
 
 
 class DeviceError(Exception):
