@@ -14,19 +14,8 @@ DEFAULT_CONFIG = Path("/etc/edge-agent/config.yaml")
 
 
 def _load(path: Path):
-    from agent.core.config import ConfigError
-    from agent.config import load_config
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"config {path} has {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
-    except Exception as exc:   # noqa: BLE001 - a loader bug meeting this file: one line, not a traceback
-        print(f"config {path}: could not be checked ({type(exc).__name__}: {exc}); "
-              "please report it with the file", file=sys.stderr)
-        return None
+    from agent.runtime import load
+    return load(path)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -34,7 +23,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     print(f"{args.file}: OK — gateway {config.gateway.id} (site {config.gateway.site}), "
-          f"{len(config.devices)} device(s), {len(config.cameras)} camera(s), uplink {config.uplink.mqtt.host}:{config.uplink.mqtt.port}, "
+          + ", ".join(f"{len(devices)} {name}" for name, devices in config.sections().items())
+          + f", uplink {config.uplink.mqtt.host}:{config.uplink.mqtt.port}, "
           f"buffer {config.buffer.path}")
     for device in config.all_devices:
         options = device.options
@@ -46,46 +36,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run_agent(config, live: bool, stop_after: float | None = None,
-                     config_path: Path | None = None) -> None:
-    """Run the agent; start it again on the config file when config.apply asks for a restart,
-    and go back to the previous file when the new one cannot even start."""
-    from agent import config_apply
-    from agent.app import Agent
-    while True:
-        try:
-            agent = Agent(config, config_path)
-        except Exception as exc:   # noqa: BLE001 - a config from the centre that cannot start
-            marker = config_apply.pending(config.agent.state_dir) if config_path else None
-            if marker is None:
-                raise
-            config_apply.roll_back(config_path, config.agent.state_dir, marker, f"the agent could not start: {exc}")
-            config = _load(config_path)
-            continue
-        if stop_after is not None:
-            asyncio.get_running_loop().call_later(stop_after, agent.request_stop)
-        await (_with_live_view(agent) if live else agent.run())
-        if not agent.restart_requested or config_path is None:
-            return
-        config = _load(config_path)
-        if config is None:   # cannot happen for a file config.apply validated; be safe anyway
-            return
-
-
-async def _with_live_view(agent) -> None:
-    from rich.live import Live
-
-    from agent.status_view import render
-    task = asyncio.create_task(agent.run())
-    with Live(render(agent.snapshot()), refresh_per_second=2, screen=False) as view:
-        while True:
-            await asyncio.wait({task}, timeout=0.5)
-            if task.done():   # the outbox is closed by now: keep the last frame
-                break
-            view.update(render(agent.snapshot()))
-    await task
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.logs import setup_logging
     config = _load(args.config)
@@ -95,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.core.config import ConfigError
     from agent.outbox import OutboxError
     try:
-        asyncio.run(_run_agent(config, args.live, config_path=args.config))
+        from agent.runtime import run_agent
+        asyncio.run(run_agent(config, args.live, config_path=args.config))
     except KeyboardInterrupt:
         pass
     except ConfigError as exc:   # a secret that cannot be read, devices that conflict on a bus
@@ -178,39 +129,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_snapshot(args: argparse.Namespace) -> int:
-    """One frame of a configured camera with its rules' lines and zones drawn on it."""
-    config = _load(args.config)
-    if config is None:
-        return 2
-    camera = next((c for c in config.cameras if c.id == args.camera), None)
-    if camera is None:
-        known = ", ".join(c.id for c in config.cameras) or "none"
-        print(f"snapshot: no camera {args.camera!r} in {args.config} (cameras: {known})", file=sys.stderr)
-        return 2
-    from drivers.camera.tools import snapshot
-    try:
-        saved = snapshot(camera, args.output or f"{camera.id}.jpg", overlay=not args.plain)
-    except (RuntimeError, OSError, ValueError) as exc:
-        print(f"snapshot {camera.id}: {exc}", file=sys.stderr)
-        return 1
-    print(orjson.dumps(saved).decode())
-    return 0
-
-
-def cmd_detect(args: argparse.Namespace) -> int:
-    """The detector's findings in one image, as JSON."""
-    from drivers.camera.tools import detect
-    from models.runtime import ModelError
-    try:
-        found = detect(args.image, args.model, score=args.score)
-    except (ValueError, ModelError, OSError) as exc:
-        print(f"detect: {exc}", file=sys.stderr)
-        return 1
-    print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
-    return 0
-
-
 def cmd_drivers(args: argparse.Namespace) -> int:
     from agent.core.registry import available_drivers
     for name in available_drivers():
@@ -250,22 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("frame", help="the frame as text, or as hex for binary protocols")
     decode.set_defaults(func=cmd_decode)
 
-    snap = sub.add_parser("snapshot", help="save a camera frame with its rules' lines and zones drawn on it")
-    snap.add_argument("camera", help="a camera id from the config")
-    snap.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
-    snap.add_argument("-o", "--output", help="where to save it (default CAMERA.jpg)")
-    snap.add_argument("--plain", action="store_true", help="the frame only, without the rules")
-    snap.set_defaults(func=cmd_snapshot)
-
-    det = sub.add_parser("detect", help="run the detector on one image and print what it finds as JSON")
-    det.add_argument("image", type=Path)
-    det.add_argument("--model", default="vehicles", help="a shipped model name or a manifest path")
-    det.add_argument("--score", type=float, default=None, help="score threshold (default: the manifest's)")
-    det.set_defaults(func=cmd_detect)
+    _add_family_commands(sub)
 
     drivers = sub.add_parser("drivers", help="list the drivers and bridges this agent has")
     drivers.set_defaults(func=cmd_drivers)
     return parser
+
+
+def _add_family_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands the device families add (the camera's snapshot and detect ...)."""
+    from agent.core.registry import available_drivers, get_driver
+
+    def devices_of(path: Path) -> list | None:
+        config = _load(path)
+        return None if config is None else config.all_devices
+
+    for name in available_drivers():
+        get_driver(name).add_cli(sub, devices_of, DEFAULT_CONFIG)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,28 +1,17 @@
-"""The commands of contract version 1. Each validates its own arguments (``bad_args``) and
-raises :class:`agent.commands.Refused` with a code the centre can act on."""
+"""The agent's own commands of contract version 1 (a family adds its own through its Driver:
+``camera.snapshot``, ``signal.priority``). Each validates its arguments (``bad_args``) and raises
+:class:`agent.core.commands.Refused` with a code the centre can act on."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from agent import config_apply
-from agent.commands import DEFERRED, CommandContext, Refused, command
-from agent.core.model import Event, EvidenceFile
+from agent.commands import DEFERRED, RequestContext
+from agent.core.commands import Args, CommandHandler, Refused, parse_args
 from agent.core.driver import DeviceError
 
-if TYPE_CHECKING:
-    from agent.app import Agent
 
-
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PointArgs(_Args):
+class PointArgs(Args):
     device: str
     point: str
 
@@ -31,25 +20,9 @@ class WriteArgs(PointArgs):
     value: bool | int | float | str
 
 
-def _parse(model: type[BaseModel], args: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(args)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
-        raise Refused("bad_args", problems) from None
-
-
-def _runner(agent: "Agent", device_id: str) -> Any:
-    runner = agent.runner_for(device_id)
-    if runner is None:
-        raise Refused("unknown_device", f"no device {device_id!r} on this gateway")
-    return runner
-
-
-@command("device.read")
-async def device_read(agent: "Agent", args: dict[str, Any], ctx: CommandContext) -> dict[str, Any]:
-    a = _parse(PointArgs, args)
-    runner = _runner(agent, a.device)
+async def device_read(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    a = parse_args(PointArgs, args)
+    runner = ctx.runner(a.device)
     try:
         reading = await runner.read_point(a.device, a.point)
     except KeyError as exc:
@@ -61,11 +34,10 @@ async def device_read(agent: "Agent", args: dict[str, Any], ctx: CommandContext)
     return reading.to_wire()
 
 
-@command("device.write")
-async def device_write(agent: "Agent", args: dict[str, Any], ctx: CommandContext) -> dict[str, Any]:
-    a = _parse(WriteArgs, args)
-    runner = _runner(agent, a.device)
-    points = {p.name: p for p in agent.infos[a.device].points}
+async def device_write(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    a = parse_args(WriteArgs, args)
+    runner = ctx.runner(a.device)
+    points = {p.name: p for p in ctx.site.points_of(a.device)}
     if a.point not in points:
         raise Refused("unknown_point", f"{a.device} has no point {a.point!r}")
     if not points[a.point].writable:   # checked here too: the config, not the driver, is the authority
@@ -83,70 +55,20 @@ async def device_write(agent: "Agent", args: dict[str, Any], ctx: CommandContext
     return {"device": a.device, "point": a.point, "value": a.value}
 
 
-@command("buffer.stats")
-async def buffer_stats(agent: "Agent", args: dict[str, Any], ctx: CommandContext) -> dict[str, Any]:
-    _parse(_Args, args)
-    return agent.snapshot()["buffer"]
+async def buffer_stats(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    parse_args(Args, args)
+    return ctx.site.buffer_stats()
 
 
-class SnapshotArgs(_Args):
-    camera: str
-    overlay: bool = False   # draw the camera's rules (lines, zones) on the image
-
-
-@command("camera.snapshot")
-async def camera_snapshot(agent: "Agent", args: dict[str, Any], ctx: CommandContext) -> dict[str, Any]:
-    """The camera's newest frame as a JPEG, sent through the evidence path of a camera.snapshot event."""
-    a = _parse(SnapshotArgs, args)
-    runner = _runner(agent, a.camera)
-    if not hasattr(runner, "snapshot_jpeg"):
-        raise Refused("unsupported", f"{a.camera} is not a camera")
-    # JPEG encoding takes milliseconds of CPU: not on the event loop
-    image = await asyncio.to_thread(runner.snapshot_jpeg, a.overlay)
-    if image is None:
-        raise Refused("device_offline", f"{a.camera} has no frame yet (is the stream up?)")
-    event_id = agent.evidence(a.camera, Event("camera.snapshot", "info", {"requested_by": ctx.id}),
-                              [EvidenceFile("snapshot.jpg", image)])
-    return {"event": event_id, "file": "snapshot.jpg", "bytes": len(image),
-            "sha256": hashlib.sha256(image).hexdigest()}
-
-
-@command("config.apply")
-async def apply_config(agent: "Agent", args: dict[str, Any], ctx: CommandContext) -> Any:
+async def apply_config(ctx: RequestContext, args: dict[str, Any]) -> Any:
     """Validated, installed, restarted on; answered once the new config is up or rolled back."""
-    config_apply.prepare(agent, ctx.id, args)
+    ctx.site.apply_config(ctx.request_id, args)
     return DEFERRED
 
 
-class PriorityArgs(_Args):
-    device: str
-    phase: int | None = None
-    approach: str | None = None
-    duration_s: float | None = None
-    release: bool = False
-
-
-@command("signal.priority")
-async def signal_priority(agent: "Agent", args: dict[str, Any], ctx: CommandContext) -> dict[str, Any]:
-    """Ask a signal controller for a bounded priority (an ambulance's approach), or release it.
-    The controller owns signal safety; the bridge clamps the duration to its configured bounds
-    and releases by itself at expiry, on shutdown and when the centre goes silent."""
-    a = _parse(PriorityArgs, args)
-    runner = _runner(agent, a.device)
-    if not hasattr(runner, "request_priority"):
-        raise Refused("unsupported", f"{a.device} is not a signal controller")
-    if a.release:
-        grant = await runner.release_priority(a.device, reason=f"released by {ctx.id}")
-        return {"released": grant is not None, **({"grant": grant.as_dict()} if grant else {})}
-    if a.duration_s is None or (a.phase is None) == (a.approach is None):
-        raise Refused("bad_args", "give duration_s and exactly one of phase or approach (or release: true)")
-    try:
-        grant = await runner.request_priority(a.device, a.phase, approach=a.approach,
-                                              duration_s=a.duration_s, source=ctx.id)
-    except ConnectionError as exc:            # controller offline or not answering: nothing held
-        raise Refused("device_offline", str(exc)) from None
-    except ValueError as exc:                 # no such phase, another phase holds priority
-        raise Refused("bad_args", str(exc)) from None
-    except Exception as exc:                  # noqa: BLE001 - the controller refused
-        raise Refused("device_error", str(exc) or exc.__class__.__name__) from None
-    return grant.as_dict()
+HANDLERS: dict[str, CommandHandler] = {
+    "device.read": device_read,
+    "device.write": device_write,
+    "buffer.stats": buffer_stats,
+    "config.apply": apply_config,
+}

@@ -18,51 +18,69 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Protocol
 
 import orjson
 
 from agent import contract
-from agent.core.ratelimit import Throttle, TokenBucket
-from agent.core.boundary import boundary
 from agent.config import Commands
-from agent.core.model import Priority, now_ms
-
-if TYPE_CHECKING:
-    from agent.app import Agent
+from agent.core.boundary import boundary
+from agent.core.commands import CommandHandler, Refused
+from agent.core.driver import PointInfo, Runner
+from agent.core.model import DeviceSink, now_ms
+from agent.core.ratelimit import Throttle, TokenBucket
 
 log = logging.getLogger("agent.commands")
 COMMANDS = boundary("mqtt.cmd")
 
+DEFERRED = object()   # a handler's result meaning "answered later" (config.apply answers after a restart)
 
-class Refused(Exception):
-    """A request that is not executed; ``code`` is machine-readable, the message is for people."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
+class CommandSite(Protocol):
+    """What the command channel and the agent's own commands act on (the Agent is one)."""
+
+    @property
+    def sink(self) -> DeviceSink: ...
+
+    def runner_for(self, device_id: str) -> Runner | None: ...
+
+    def publish_result(self, request_id: str, body: dict[str, Any]) -> None:
+        """Queue a cmd_result/{id} and commit it soon."""
+        ...
+
+    def centre_heard(self) -> None: ...
+
+    # for the agent's own commands (agent/command_handlers.py)
+
+    def points_of(self, device_id: str) -> tuple[PointInfo, ...]: ...
+
+    def buffer_stats(self) -> dict[str, Any]: ...
+
+    def apply_config(self, request_id: str, args: dict[str, Any]) -> None:
+        """Validate and install a new config, then restart on it (agent/config_apply.py)."""
+        ...
 
 
 @dataclass(frozen=True)
-class CommandContext:
-    id: str           # the request id; the result goes to cmd_result/{id}
+class RequestContext:
+    """The :class:`agent.core.commands.CommandContext` of one request."""
+
+    request_id: str     # the result goes to cmd_result/{id}
+    site: CommandSite
     cfg: Commands
 
+    @property
+    def sink(self) -> DeviceSink:
+        return self.site.sink
 
-DEFERRED = object()   # a handler's result meaning "answered later" (config.apply answers after a restart)
-
-Handler = Callable[["Agent", dict[str, Any], CommandContext], Awaitable[Any]]
-HANDLERS: dict[str, Handler] = {}
-
-
-def command(name: str) -> Callable[[Handler], Handler]:
-    """Register the handler of a command name (see agent/command_handlers.py)."""
-    def register(handler: Handler) -> Handler:
-        HANDLERS[name] = handler
-        return handler
-    return register
+    def runner(self, device_id: str) -> Runner:
+        runner = self.site.runner_for(device_id)
+        if runner is None:
+            raise Refused("unknown_device", f"no device {device_id!r} on this gateway")
+        return runner
 
 
 class ReplayCache:
@@ -155,8 +173,9 @@ class CommandStats:
 class CommandChannel:
     """Receives raw requests from the uplink and answers them through the outbox."""
 
-    def __init__(self, agent: "Agent", cfg: Commands, state_dir: Path):
-        self.agent = agent
+    def __init__(self, site: CommandSite, cfg: Commands, state_dir: Path, handlers: Mapping[str, CommandHandler]):
+        self.site = site
+        self.handlers = dict(handlers)
         self.cfg = cfg
         self._key = cfg.key.reveal().encode() if cfg.key is not None else None
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +213,7 @@ class CommandChannel:
             request = self._verify(name, payload)
             request_id = request["id"]
             self.stats.last_from_centre_ms = now_ms()   # only an authenticated request proves the centre
-            self.agent.centre_heard()
+            self.site.centre_heard()
             if not self._run_rate.take():
                 raise Refused("rate_limited", f"more than {self.cfg.max_per_second:g} commands a second")
             task = asyncio.get_running_loop().create_task(self._execute(name, request))
@@ -241,8 +260,8 @@ class CommandChannel:
             raise Refused("lifetime", f"a request may live at most {self.cfg.max_lifetime:g}s")
         if self.replay.seen_before(request["id"], request["expires"]):
             raise Refused("replayed", f"request {request['id']} was received before")
-        if name not in HANDLERS:
-            raise Refused("unknown_command", f"no command {name!r}; known: {', '.join(sorted(HANDLERS))}")
+        if name not in self.handlers:
+            raise Refused("unknown_command", f"no command {name!r}; known: {', '.join(sorted(self.handlers))}")
         rule = self.cfg.rule(name)
         if rule is None:
             raise Refused("not_allowed", f"{name} is not allowed by this gateway's config")
@@ -263,7 +282,7 @@ class CommandChannel:
         self.audit.write({"event": "execute", "command": name, "id": request_id, "args": request["args"]})
         try:
             result = await asyncio.wait_for(
-                HANDLERS[name](self.agent, request["args"], CommandContext(request_id, self.cfg)),
+                self.handlers[name](RequestContext(request_id, self.site, self.cfg), request["args"]),
                 self.cfg.timeout)
         except Refused as refusal:
             self.stats.failed += 1
@@ -321,8 +340,7 @@ class CommandChannel:
         """Queue the result of a request (also for results that come after a restart)."""
         body: dict[str, Any] = {"id": request_id, "ok": ok}
         body["result" if ok else "error"] = value
-        self.agent.outbox.put(Priority.ALARM, self.agent.topic(f"cmd_result/{request_id}"), body)
-        self.agent.commit_soon()
+        self.site.publish_result(request_id, body)
 
 
 def _id_of(payload: bytes) -> str | None:

@@ -8,10 +8,10 @@ file, the key path (``devices[2].connection.port``), the line, and what was expe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from agent.core.config import (
     ID_PATTERN, ConfigError, DeviceConfig, Location, Secret, Strict, format_validation_error, line_of,
@@ -113,35 +113,59 @@ class Commands(Strict):
         return None
 
 
-class AgentConfig(Strict):
+class _AgentConfigBase(Strict):
+    """The sections every gateway has. :data:`AgentConfig` adds one list per family that declares
+    a section of its own (``cameras:``), whose entries are that family's devices."""
+
+    section_drivers: ClassVar[dict[str, str]] = {}   # section name -> the driver its entries default to
+
     gateway: Gateway
     uplink: Uplink = Uplink()
     buffer: Buffer = Buffer()
     agent: AgentSection = AgentSection()
     devices: list[DeviceConfig] = []
-    cameras: list[DeviceConfig] = []   # devices whose driver defaults to "camera" (RTSP + detection)
     commands: Commands = Commands()
 
-    @field_validator("cameras", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _camera_driver(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [{"driver": "camera", **v} if isinstance(v, dict) else v for v in value]
-        return value
+    def _section_driver(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for section, driver in cls.section_drivers.items():
+                entries = data.get(section)
+                if isinstance(entries, list):
+                    data = {**data, section: [{"driver": driver, **e} if isinstance(e, dict) else e for e in entries]}
+        return data
+
+    def sections(self) -> dict[str, list[DeviceConfig]]:
+        """Every list of devices by its section: ``devices`` and each family's own."""
+        return {"devices": self.devices, **{name: getattr(self, name) for name in self.section_drivers}}
 
     @property
     def all_devices(self) -> list[DeviceConfig]:
-        """Devices and cameras: to the agent, a camera is a device with a camera driver."""
-        return [*self.devices, *self.cameras]
+        """To the agent, a camera is a device with a camera driver."""
+        return [device for devices in self.sections().values() for device in devices]
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "AgentConfig":
+    def _unique_ids(self) -> "_AgentConfigBase":
         seen: set[str] = set()
-        for device in [*self.devices, *self.cameras]:
+        for device in self.all_devices:
             if device.id in seen:
                 raise ValueError(f"device id {device.id!r} is used twice")
             seen.add(device.id)
         return self
+
+
+def _with_family_sections() -> type[_AgentConfigBase]:
+    from agent.core.registry import family_sections
+
+    sections = family_sections()
+    model = create_model("AgentConfig", __base__=_AgentConfigBase,
+                         **{name: (list[DeviceConfig], []) for name in sections})
+    model.section_drivers = sections
+    return model
+
+
+AgentConfig = _with_family_sections()
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -153,9 +177,9 @@ def load_config(path: str | Path) -> AgentConfig:
 
     problems: list[str] = []
     context = {"config_dir": file.parent.resolve(), "config_file": file}
-    sections: dict[str, list[DeviceConfig]] = {"devices": [], "cameras": []}
-    for section, index, device in [("devices", i, d) for i, d in enumerate(config.devices)] + \
-            [("cameras", i, d) for i, d in enumerate(config.cameras)]:
+    sections: dict[str, list[DeviceConfig]] = {name: [] for name in config.sections()}
+    for section, index, device in [(name, i, d) for name, devices in config.sections().items()
+                                   for i, d in enumerate(devices)]:
         try:
             driver = get_driver(device.driver)
         except UnknownDriver as exc:
@@ -175,7 +199,7 @@ def load_config(path: str | Path) -> AgentConfig:
         sections[section].append(device)
     if not problems:
         by_driver: dict[str, list[DeviceConfig]] = {}
-        for device in sections["devices"] + sections["cameras"]:
+        for device in (device for devices in sections.values() for device in devices):
             by_driver.setdefault(device.driver, []).append(device)
         for name, members in by_driver.items():
             problems += [f"{file}: devices: {p}" for p in get_driver(name).validate_devices(members)]

@@ -25,17 +25,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import yaml
 
-from agent.commands import Refused
 from agent.config import AgentConfig, load_config
+from agent.core.commands import Refused
 from agent.core.config import ConfigError
-
-if TYPE_CHECKING:
-    from agent.app import Agent
 
 log = logging.getLogger("agent.config_apply")
 
@@ -56,9 +54,10 @@ def _locked_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
     return changed
 
 
-def prepare(agent: "Agent", request_id: str, args: dict[str, Any]) -> None:
+def prepare(config: AgentConfig, config_path: Path | None, request_id: str, args: dict[str, Any],
+            restart: Callable[[], None]) -> None:
     """Validate and install the new config, then ask the agent to restart on it. Raises Refused."""
-    if agent.config_path is None:
+    if config_path is None:
         raise Refused("unsupported", "this agent was not started from a config file")
     text = args.get("yaml")
     if text is None and isinstance(args.get("config"), dict):
@@ -68,11 +67,11 @@ def prepare(agent: "Agent", request_id: str, args: dict[str, Any]) -> None:
     deadline_s = args.get("deadline_s", DEFAULT_DEADLINE_S)
     if not isinstance(deadline_s, (int, float)) or not 5 <= deadline_s <= 600:
         raise Refused("bad_args", "deadline_s must be between 5 and 600 seconds")
-    state_dir = agent.config.agent.state_dir
+    state_dir = config.agent.state_dir
     if (state_dir / MARKER).exists():
         raise Refused("busy", "another config.apply is still in progress")
 
-    path = agent.config_path
+    path = config_path
     candidate = path.with_name(path.name + ".new")
     candidate.write_text(text)
     try:
@@ -80,7 +79,7 @@ def prepare(agent: "Agent", request_id: str, args: dict[str, Any]) -> None:
     except ConfigError as exc:
         candidate.unlink(missing_ok=True)
         raise Refused("invalid_config", "; ".join(p.replace(str(candidate), "config") for p in exc.problems)) from None
-    locked = _locked_keys(agent.config, new)
+    locked = _locked_keys(config, new)
     if locked:
         candidate.unlink(missing_ok=True)
         raise Refused("locked_keys", f"config.apply may not change {', '.join(locked)}: change them on site")
@@ -90,27 +89,28 @@ def prepare(agent: "Agent", request_id: str, args: dict[str, Any]) -> None:
     _write_marker(state_dir, {"id": request_id, "state": "applying",
                               "deadline_ms": int((time.time() + deadline_s) * 1000)})
     log.warning("config.apply %s: new config installed at %s; restarting on it", request_id, path)
-    agent.request_restart()
+    restart()
 
 
-async def watch(agent: "Agent") -> None:
+async def watch(config: AgentConfig, config_path: Path | None, connected: Callable[[], bool],
+                answer: Callable[[str, bool, Any], None], restart: Callable[[], None]) -> None:
     """Run in every agent: finish a config.apply that a previous instance started."""
-    state_dir = agent.config.agent.state_dir
+    state_dir = config.agent.state_dir
     marker = _read_marker(state_dir)
     if marker is None:
         return
     if marker["state"] == "applying":
         remaining = marker["deadline_ms"] / 1000 - time.time()
-        if await _connected_within(agent, remaining):
-            _answer(agent, marker["id"], True, {"applied": True})
+        if await _connected_within(connected, remaining):
+            answer(marker["id"], True, {"applied": True})
             _clear_marker(state_dir)
             log.warning("config.apply %s: the new config is up", marker["id"])
             return
-        roll_back(agent.config_path, state_dir, marker, "the uplink did not connect before the deadline")
-        agent.request_restart()
+        roll_back(config_path, state_dir, marker, "the uplink did not connect before the deadline")
+        restart()
     elif marker["state"] == "rolled_back":
-        if await _connected_within(agent, 3600):
-            _answer(agent, marker["id"], False, {"code": "rolled_back", "message": marker["reason"]})
+        if await _connected_within(connected, 3600):
+            answer(marker["id"], False, {"code": "rolled_back", "message": marker["reason"]})
             _clear_marker(state_dir)
 
 
@@ -129,18 +129,13 @@ def pending(state_dir: Path) -> dict[str, Any] | None:
     return marker if marker is not None and marker.get("state") == "applying" else None
 
 
-async def _connected_within(agent: "Agent", seconds: float) -> bool:
+async def _connected_within(connected: Callable[[], bool], seconds: float) -> bool:
     deadline = time.monotonic() + max(0.0, seconds)
     while time.monotonic() < deadline:
-        if agent.uplink.connected:
+        if connected():
             return True
         await asyncio.sleep(0.2)
-    return agent.uplink.connected
-
-
-def _answer(agent: "Agent", request_id: str, ok: bool, value: Any) -> None:
-    if agent.commands is not None:
-        agent.commands.answer(request_id, ok, value)
+    return connected()
 
 
 def _write_marker(state_dir: Path, marker: dict[str, Any]) -> None:

@@ -350,7 +350,7 @@ def _fire_panel(port: int, first: float = 10.0, hold: float = 10.0, every: float
 
 def run_demo(state_dir: Path | None = None, duration: float | None = None, live: bool = True,
              report: DemoReport | None = None) -> int:
-    from agent.cli import _run_agent
+    from agent.runtime import run_agent
     from agent.logs import setup_logging
     from tests.hardware_sim.broker import MosquittoBroker, MosquittoNotInstalled, free_port
     from tests.hardware_sim.consumer import Consumer
@@ -434,7 +434,7 @@ def run_demo(state_dir: Path | None = None, duration: float | None = None, live:
               f"      Ctrl-C to stop", flush=True)
 
         try:
-            asyncio.run(_run_agent(config, live, stop_after=duration, config_path=config_path))
+            asyncio.run(run_agent(config, live, stop_after=duration, config_path=config_path))
         except KeyboardInterrupt:
             pass
         report.summary = centre.summary()

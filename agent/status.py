@@ -4,49 +4,50 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from agent import __version__
-from agent.core import boundary as boundaries, loopwatch
-from agent.core.model import Reading, now_ms
+from agent.core import boundary as boundaries
+from agent.core import loopwatch
+from agent.core.model import now_ms
+from agent.core.stats import percentiles
 
 if TYPE_CHECKING:
-    from agent.app import Agent
+    from agent.commands import CommandChannel
+    from agent.config import AgentConfig
+    from agent.core.driver import Driver, Runner
+    from agent.health import HealthSampler
+    from agent.outbox import Outbox
+    from agent.pipeline import DevicePipeline
+    from agent.uplink import MqttUplink
 
 
-@dataclass
-class DeviceStatus:
-    """What the agent knows of one device, for `edge-agent status` and the metrics topic."""
+class StatusSource(Protocol):
+    """What the reports read (the Agent is one)."""
 
-    id: str
-    driver: str
-    kind: str
-    online: bool | None = None     # None: not heard from yet
-    last_read_ms: int | None = None
-    readings: int = 0              # values read
-    sent: int = 0                  # values that passed the report policy
-    errors: int = 0
-    invalid_values: int = 0        # values the contract cannot carry, sent as bad (agent/wire.py)
-    last_error: str | None = None
-    last_batch: list[Reading] | None = None   # the latest readings as read, for the live view
-
-    def as_dict(self, latest: int = 6) -> dict[str, Any]:
-        entry = {k: v for k, v in self.__dict__.items() if k != "last_batch"}
-        entry["latest"] = [[r.point, r.value, r.unit, r.q] for r in (self.last_batch or [])[:latest]]
-        return entry
+    config: "AgentConfig"
+    boot_id: str
+    started_ms: int
+    outbox: "Outbox"
+    uplink: "MqttUplink"
+    pipeline: "DevicePipeline"
+    runners: "list[Runner]"
+    drivers: "dict[str, Driver]"       # the families of the configured devices, by driver name
+    commands: "CommandChannel | None"
+    health: "HealthSampler"
 
 
-def birth(agent: "Agent") -> dict[str, Any]:
+def birth(agent: StatusSource) -> dict[str, Any]:
     """The body of the retained birth message: the gateway and its device inventory."""
     gw = agent.config.gateway
     devices = []
+    infos = agent.pipeline.infos
     for device in agent.config.all_devices:
-        if device.id not in agent.infos:
+        if device.id not in infos:
             continue
-        info = agent.infos[device.id]
+        info = infos[device.id]
         devices.append({
             "id": device.id, "kind": device.kind or info.kind, "driver": device.driver,
             "name": device.name,
@@ -59,17 +60,15 @@ def birth(agent: "Agent") -> dict[str, Any]:
             "agent": __version__, "boot": agent.boot_id, "devices": devices}
 
 
-def snapshot(agent: "Agent") -> dict[str, Any]:
+def snapshot(agent: StatusSource) -> dict[str, Any]:
     """Everything `edge-agent status` and the live view show."""
     stats = agent.outbox.stats()
     now = now_ms()
     device_stats: dict[str, dict[str, Any]] = {}
     for runner in agent.runners:
-        runner_stats = getattr(runner, "stats", None)
-        if callable(runner_stats):
-            device_stats.update(runner_stats())
+        device_stats.update(runner.stats())
     devices = {}
-    for device_id, device in agent.devices.items():
+    for device_id, device in agent.pipeline.devices.items():
         entry = device.as_dict()
         extra = device_stats.get(device_id)
         if extra:
@@ -81,7 +80,7 @@ def snapshot(agent: "Agent") -> dict[str, Any]:
         "agent": __version__, "pid": os.getpid(), "boot": agent.boot_id,
         "started_ms": agent.started_ms, "ts": now,
         "uplink": agent.uplink.stats.as_dict()
-        | {"ack_latency_ms": agent.uplink.stats.percentiles(agent.uplink.ack_latency_ms)},
+        | {"ack_latency_ms": percentiles(agent.uplink.ack_latency_ms, (0.50, 0.99))},
         "buffer": {
             "path": str(agent.config.buffer.path), "depth": stats.depth, "bytes": stats.bytes,
             "max_bytes": agent.config.buffer.max_bytes,
@@ -91,25 +90,21 @@ def snapshot(agent: "Agent") -> dict[str, Any]:
             "write_errors": stats.write_errors, "last_seq": stats.last_seq,
         },
         "devices": devices,
-        "events": list(agent.recent_events),   # the latest few, newest last
+        "events": list(agent.pipeline.recent_events),   # the latest few, newest last
         "boundaries": boundaries.snapshot(),   # unexpected failures per kind of outside input
         **({"loop": watch.as_dict()} if (watch := loopwatch.current()) is not None else {}),
         **({"commands": agent.commands.stats.as_dict()} if agent.commands is not None else {}),
     }
 
 
-INFERENCE_FIGURES = ("infer_ms_p50", "infer_ms_p95", "frame_ms_p95", "fps", "commit_ms_p95")
-
-
-def metrics(agent: "Agent") -> dict[str, Any]:
-    """The body of a metrics message: the gateway's health and the snapshot's main figures."""
+def metrics(agent: StatusSource) -> dict[str, Any]:
+    """The body of a metrics message: the gateway's health, the snapshot's main figures, and the
+    blocks each family adds from its devices' figures (the cameras' ``inference``)."""
     snap = snapshot(agent)
     extra = {"commands": snap["commands"]} if "commands" in snap else {}
-    # the contract's "inference latency": per camera, from its driver's figures
-    inference = {d: {k: s["driver_stats"].get(k) for k in INFERENCE_FIGURES}
-                 for d, s in snap["devices"].items() if "infer_ms_p50" in (s.get("driver_stats") or {})}
-    if inference:
-        extra["inference"] = inference
+    for name, driver in agent.drivers.items():
+        stats = {d: s.get("driver_stats") or {} for d, s in snap["devices"].items() if s["driver"] == name}
+        extra.update(driver.metrics(stats))
     return {
         **extra,
         **agent.health.sample(),
@@ -123,7 +118,7 @@ def metrics(agent: "Agent") -> dict[str, Any]:
     }
 
 
-def write_status(agent: "Agent", **override: Any) -> None:
+def write_status(agent: StatusSource, **override: Any) -> None:
     """Atomically replace state_dir/status.json, which `edge-agent status` reads."""
     state_dir = agent.config.agent.state_dir
     current = snapshot(agent)

@@ -70,14 +70,6 @@ class UplinkStats:
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
 
-    @staticmethod
-    def percentiles(samples: "deque[int]") -> dict[str, int | None]:
-        if not samples:
-            return {"p50": None, "p99": None, "n": 0}
-        ordered = sorted(samples)
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-        return {"p50": pick(0.50), "p99": pick(0.99), "n": len(ordered)}
-
 
 class MqttUplink:
     """Keeps one MQTT connection up and the outbox flowing through it."""

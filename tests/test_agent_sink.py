@@ -1,11 +1,13 @@
-"""The agent as drivers see it (the DeviceSink): a fire alarm that cannot be written to disk is
-reported to the driver, which must then withhold its confirm so the device sends it again."""
+"""The agent as drivers see it (the DeviceSink, agent/pipeline.py): a fire alarm that cannot be
+written to disk is reported to the driver, which must then withhold its confirm so the device
+sends it again."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.app import Agent, NotDurable
+from agent.app import Agent
+from agent.pipeline import NotDurable
 from agent.config import AgentConfig
 from agent.core.model import Event
 
@@ -21,7 +23,7 @@ def make_agent(tmp_path) -> Agent:
 
 def test_fire_alarm_is_committed_before_event_returns(tmp_path):
     agent = make_agent(tmp_path)
-    agent.event("fire-01", Event("fire.alarm", "critical", {"zone": 3}))
+    agent.sink.event("fire-01", Event("fire.alarm", "critical", {"zone": 3}))
     stats = agent.outbox.stats()
     assert stats.pending == 0 and stats.depth_by_priority[0] == 1   # on disk, LIFE_SAFETY
     agent.outbox.close()
@@ -32,7 +34,7 @@ def test_fire_alarm_that_cannot_be_written_raises_and_is_kept(tmp_path):
     db = agent.outbox.db
     db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")   # disk full
     with pytest.raises(NotDurable, match="fire.alarm on fire-01"):
-        agent.event("fire-01", Event("fire.alarm", "critical", {"zone": 3, "text": "x" * 8000}))
+        agent.sink.event("fire-01", Event("fire.alarm", "critical", {"zone": 3, "text": "x" * 8000}))
     assert agent.outbox.stats().pending == 1      # kept in memory, not lost
     db.execute("PRAGMA max_page_count = 1000000")  # space returns
     agent.outbox.flush()
@@ -42,7 +44,7 @@ def test_fire_alarm_that_cannot_be_written_raises_and_is_kept(tmp_path):
 
 def test_ordinary_events_do_not_wait_for_the_disk(tmp_path):
     agent = make_agent(tmp_path)
-    agent.event("aq-01", Event("threshold.pm25", "major", {"value": 80}))
+    agent.sink.event("aq-01", Event("threshold.pm25", "major", {"value": 80}))
     assert agent.outbox.stats().pending == 1   # committed with the next group commit
     agent.outbox.close()
 
@@ -58,7 +60,7 @@ def test_evidence_is_listed_in_the_event_and_chunked_over_the_size_limit(tmp_pat
     limit = agent.config.uplink.mqtt.max_payload
     big = bytes(range(256)) * (limit // 256 * 2 + 3)        # a little over two chunks
     small = b"\xff\xd8 jpeg \xff\xd9"
-    event_id = agent.evidence("cam-01", Event("violation.red_light", "major", {"track": 17}),
+    event_id = agent.sink.evidence("cam-01", Event("violation.red_light", "major", {"track": 17}),
                               [EvidenceFile("0.jpg", small), EvidenceFile("clip.mp4", big, "video/mp4")])
     agent.outbox.flush()
     agent.outbox.start_session()
@@ -85,11 +87,11 @@ def test_latest_reading_of_another_device(tmp_path):
         "devices": [{"id": "aq-01", "driver": "modbus", "unit": 1, "profile": "air_monitor_rs485",
                      "connection": {"type": "tcp", "host": "127.0.0.1", "port": 1}}]})
     agent = Agent(config)   # built, not run: no device is contacted
-    assert agent.latest("aq-01", "pm25") is None
-    agent.readings("aq-01", [Reading("pm25", 30.0, "ug/m3", 1), Reading("pm10", 50.0, "ug/m3", 1)])
-    agent.readings("aq-01", [Reading("pm25", 31.5, "ug/m3", 2), Reading("pm10", 52.0, "ug/m3", 2)])
-    assert agent.latest("aq-01", "pm25").value == 31.5
-    assert agent.latest("aq-01", "o3") is None and agent.latest("nowhere", "pm25") is None
+    assert agent.sink.latest("aq-01", "pm25") is None
+    agent.sink.readings("aq-01", [Reading("pm25", 30.0, "ug/m3", 1), Reading("pm10", 50.0, "ug/m3", 1)])
+    agent.sink.readings("aq-01", [Reading("pm25", 31.5, "ug/m3", 2), Reading("pm10", 52.0, "ug/m3", 2)])
+    assert agent.sink.latest("aq-01", "pm25").value == 31.5
+    assert agent.sink.latest("aq-01", "o3") is None and agent.sink.latest("nowhere", "pm25") is None
     agent.outbox.close()
 
 
@@ -98,17 +100,17 @@ def test_committed_resolves_only_once_the_data_is_on_disk(tmp_path):
 
     async def scenario() -> None:
         agent = make_agent(tmp_path)
-        agent.event("aq-01", Event("threshold.pm25", "major", {"value": 80}))
-        waiter = agent.committed()
+        agent.sink.event("aq-01", Event("threshold.pm25", "major", {"value": 80}))
+        waiter = agent.sink.committed()
         await asyncio.sleep(0)
         assert not waiter.done()
         db = agent.outbox.db
         db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")   # disk full
-        agent.event("aq-01", Event("threshold.pm25", "major", {"text": "x" * 8000}))
-        agent._commit()
+        agent.sink.event("aq-01", Event("threshold.pm25", "major", {"text": "x" * 8000}))
+        agent.sink.commit()
         assert not waiter.done(), "nothing may be acknowledged while the disk refuses it"
         db.execute("PRAGMA max_page_count = 1000000")
-        agent._commit()
+        agent.sink.commit()
         assert waiter.done() and waiter.exception() is None
         agent.outbox.close()
 

@@ -401,14 +401,14 @@ def test_priority_is_released_when_the_centre_goes_silent(sim):
             await until(lambda: runner.link.online, 3, "online")
             await runner.request_priority(DEVICE, 2, duration_s=5)
             await asyncio.sleep(0.6)
-            runner.heartbeat(DEVICE)                               # the centre is still there ...
+            runner.centre_heard()                                   # the centre is still there ...
             await asyncio.sleep(0.6)
             assert runner.priority.active is not None
             await until(lambda: runner.priority.active is None, 1.5, "silence release")   # ... then it is not
             await until(lambda: not sim.preempt_asserted(1), 2.0, "release seen by the controller")
             await runner.request_priority(DEVICE, 2, duration_s=5)
-            runner.centre_alive(False, DEVICE)                      # the uplink lost the centre: at once
-            await until(lambda: runner.priority.active is None, 2.0, "release on centre_alive(False)")
+            runner.centre_lost()                                    # the uplink lost the centre: at once
+            await until(lambda: runner.priority.active is None, 2.0, "release on centre_lost()")
 
     asyncio.run(scenario())
     assert [e.data["reason"] for e in sink.events if e.type == "signal.priority_ended"] == ["centre_silent"] * 2

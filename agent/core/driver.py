@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    from agent.core.commands import CommandHandler
     from agent.core.config import DeviceConfig
     from agent.core.model import DeviceSink, Reading, Value
 
@@ -71,12 +76,37 @@ class Runner(ABC):
         raise NotImplementedError(f"{self.name} cannot write points")
 
 
+class HoldsForCentre(ABC):
+    """A runner that holds something on the centre's behalf (a signal priority) and lets it go
+    when the centre is gone. The agent calls these; the runner decides what letting go means."""
+
+    @abstractmethod
+    def centre_heard(self) -> None:
+        """The centre is there: an authenticated command arrived, or the uplink (re)connected."""
+
+    @abstractmethod
+    def centre_lost(self) -> None:
+        """The centre cannot reach us: the uplink is down, or it was silent longer than
+        ``commands.centre_silence``."""
+
+
 class Driver(ABC):
-    """A device family. ``Options`` validates the driver-specific keys of a device's config."""
+    """A device family: one module or package in ``drivers/`` or ``firmware_bridges/`` (or any
+    importable module, named by its dotted path) that defines ``DRIVER``, an instance of a subclass.
+
+    What a family contributes, all through this class and nothing else (the agent never names a
+    family): its config keys (``Options``, and ``section`` for a top-level section of its own),
+    its devices' descriptions and runners, checks across its devices, a frame decoder for the CLI,
+    commands for the centre (``commands``), figures for the metrics topic (``metrics``) and
+    subcommands of the command line (``add_cli``). Its runners declare what they can do by the
+    classes they derive from (:class:`Runner` methods, :class:`HoldsForCentre`)."""
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
     polled: ClassVar[bool] = True   # False for devices that push (the device config's poll is unused)
+    # A top-level config section whose entries are this family's devices, ``driver:`` implied
+    # (``cameras:`` for the camera driver). None: its devices go under ``devices:``.
+    section: ClassVar[str | None] = None
 
     def options(self, device: "DeviceConfig") -> Any:
         """The device's validated ``Options`` (validated here when the config did not come
@@ -102,3 +132,21 @@ class Driver(ABC):
         """For `edge-agent decode <driver> FRAME`: a frame as a technician pastes it (ASCII or hex)
         decoded to JSON-ready data. Raises ValueError saying what is wrong and where."""
         raise NotImplementedError(f"the {self.name} driver has no frame decoder")
+
+    def commands(self) -> "Mapping[str, CommandHandler]":
+        """Commands this family adds for the centre (``camera.snapshot``, ``signal.priority``):
+        name -> handler (see :mod:`agent.core.commands`). Still subject to the config's allowlist."""
+        return {}
+
+    def metrics(self, stats: "Mapping[str, Mapping[str, Any]]") -> dict[str, Any]:
+        """Blocks this family adds to the metrics topic, from its devices' runner stats (device id
+        -> ``Runner.stats()`` entry): e.g. ``{"inference": {...}}``. Keys must not collide with
+        the agent's own blocks."""
+        return {}
+
+    def add_cli(self, subcommands: "argparse._SubParsersAction",
+                load_devices: "Callable[[Path], list[DeviceConfig] | None]", default_config: "Path") -> None:
+        """Subcommands this family adds to ``edge-agent`` (each sets ``func`` to a callable taking
+        the parsed arguments and returning the exit status). ``load_devices(path)`` gives the
+        devices of a gateway config (None after printing its problems); ``default_config`` is
+        the gateway's config path."""

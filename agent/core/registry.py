@@ -51,3 +51,17 @@ def get_driver(name: str) -> Driver:
             return driver
     raise UnknownDriver(f"unknown driver {name!r}; expected one of: {', '.join(available_drivers())}, "
                         "or the dotted name of a module that defines DRIVER")
+
+
+def family_sections() -> dict[str, str]:
+    """Top-level config sections the families of ``drivers/`` and ``firmware_bridges/`` declare
+    (``Driver.section``): section name -> driver name. Imports every family package (their
+    ``__init__`` holds the Driver and its options, not the heavy libraries they run on)."""
+    sections: dict[str, str] = {}
+    for name in available_drivers():
+        section = get_driver(name).section
+        if section is not None:
+            if section in sections:
+                raise ValueError(f"drivers {sections[section]} and {name} both declare the config section {section!r}")
+            sections[section] = name
+    return sections

@@ -17,7 +17,7 @@ See README.md beside this file for technicians.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
 from drivers.camera.options import Options
@@ -37,6 +37,7 @@ POINTS = (
 class CameraDriver(Driver):
     name = "camera"
     Options = Options
+    section = "cameras"
 
     @staticmethod
     def options(device: "DeviceConfig") -> Options:
@@ -61,15 +62,18 @@ class CameraDriver(Driver):
             seen.setdefault(url, device.id)
         return problems
 
+    def commands(self) -> dict[str, Any]:
+        from drivers.camera.commands import snapshot
+        return {"camera.snapshot": snapshot}
+
+    def metrics(self, stats: Any) -> dict[str, Any]:
+        from drivers.camera.commands import inference
+        return inference(stats)
+
+    def add_cli(self, subcommands: Any, load_devices: Any, default_config: Any) -> None:
+        from drivers.camera.commands import add_cli
+        add_cli(subcommands, load_devices, default_config)
+
 
 DRIVER = CameraDriver()
 
-
-def snapshot(camera_config, out_path):   # noqa: ANN001, ANN201 - see drivers.camera.tools.snapshot
-    from drivers.camera.tools import snapshot as _snapshot
-    return _snapshot(camera_config, out_path)
-
-
-def detect(image_path, manifest="vehicles"):   # noqa: ANN001, ANN201 - see drivers.camera.tools.detect
-    from drivers.camera.tools import detect as _detect
-    return _detect(image_path, manifest)

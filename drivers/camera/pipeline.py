@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.core.stats import percentile
 from drivers.camera.evidence import ClipRing, build_violation, encode_clip
 from drivers.camera.geometry import inside
 from drivers.camera.options import Options
@@ -92,11 +93,7 @@ class PipelineStats:
     times: deque = field(default_factory=lambda: deque(maxlen=100))
 
     def as_dict(self) -> dict[str, Any]:
-        def p(values: deque, q: float) -> float | None:
-            if not values:
-                return None
-            ordered = sorted(values)
-            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+        p = percentile
         fps = None
         if len(self.times) > 1 and self.times[-1] > self.times[0]:
             fps = round((len(self.times) - 1) / (self.times[-1] - self.times[0]), 2)

@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from agent.core.model import Event, EvidenceFile, Reading, now_ms
+from agent.core.stats import percentile
 from agent.core.driver import Runner
 from drivers.camera.options import Options
 from drivers.camera.pipeline import Pipeline
@@ -221,11 +222,11 @@ class CameraRunner(Runner):
             entry.update(self.pipeline.stats.as_dict())
             entry["tracks"] = len(self.pipeline.tracker.tracks)
             entry["unknown_signal"] = self.pipeline.rules.stats()["unknown_signal"]
-            entry["evidence_ms_p95"] = _p95(self.pipeline.evidence.build_ms)
-            entry["evidence_wait_ms_p95"] = _p95(self.pipeline.evidence.wait_ms)
+            entry["evidence_ms_p95"] = percentile(self.pipeline.evidence.build_ms, 0.95)
+            entry["evidence_wait_ms_p95"] = percentile(self.pipeline.evidence.wait_ms, 0.95)
             entry["evidence_dropped"] = self.pipeline.evidence.dropped
-        entry["commit_ms_p50"] = _p(self.commit_ms, 0.5)
-        entry["commit_ms_p95"] = _p(self.commit_ms, 0.95)
+        entry["commit_ms_p50"] = percentile(self.commit_ms, 0.5)
+        entry["commit_ms_p95"] = percentile(self.commit_ms, 0.95)
         entry["recent"] = list(self.recent)[-10:]
         return {self.device_id: entry}
 
@@ -241,12 +242,3 @@ class CameraRunner(Runner):
         return jpeg(image, quality)
 
 
-def _p(values: deque, q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-def _p95(values: deque) -> float | None:
-    return _p(values, 0.95)

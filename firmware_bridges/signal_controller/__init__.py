@@ -13,7 +13,7 @@ detection), :mod:`.priority` (the bounded request), :mod:`.runner` (one runner p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.core.config import ConfigError
 from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
@@ -48,6 +48,10 @@ class SignalControllerDriver(Driver):
         if problems:
             raise ConfigError(problems)
         return [SignalRunner(device, self.options(device), sink) for device in devices]
+
+    def commands(self) -> dict[str, Any]:
+        from firmware_bridges.signal_controller.commands import priority
+        return {"signal.priority": priority}
 
     def validate_devices(self, devices: list["DeviceConfig"]) -> list[str]:
         """Two entries for one controller (NTCIP address) or one I/O module bus are a mistake: two

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.core.config import DeviceConfig
 from agent.core.model import DeviceSink, Reading, Value, now_ms
-from agent.core.driver import Runner
+from agent.core.driver import HoldsForCentre, Runner
 from firmware_bridges.signal_controller.errors import PriorityRefused
 from firmware_bridges.signal_controller.ntcip import NtcipLink
 from firmware_bridges.signal_controller.options import Options
@@ -32,7 +32,7 @@ from firmware_bridges.signal_controller.priority import PriorityGrant, PriorityM
 log = logging.getLogger("firmware_bridges.signal_controller")
 
 
-class SignalRunner(Runner):
+class SignalRunner(Runner, HoldsForCentre):
     """Serves one signal controller (see the module docstring)."""
 
     def __init__(self, device: DeviceConfig, options: Options, sink: DeviceSink):
@@ -128,11 +128,13 @@ class SignalRunner(Runner):
         self._check_device(device_id)
         return await self.priority.release(reason)
 
-    def heartbeat(self, device_id: str | None = None) -> None:
+    # -- HoldsForCentre ------------------------------------------------------------------------------
+
+    def centre_heard(self) -> None:
         self.priority.heartbeat()
 
-    def centre_alive(self, alive: bool, device_id: str | None = None) -> None:
-        self.priority.centre_alive(alive)
+    def centre_lost(self) -> None:
+        self.priority.centre_alive(False)   # releases at once
 
     # -- from the link ----------------------------------------------------------------------------
 

@@ -1,0 +1,71 @@
+"""Running an agent until it stops, shared by ``edge-agent run`` and ``edge-agent demo``: a
+restart on the config file when ``config.apply`` asks for one, a return to the previous file when
+the new one cannot even start, and the live view for a technician at a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from agent import config_apply
+from agent.app import Agent
+from agent.config import AgentConfig, load_config
+from agent.core.config import ConfigError
+
+
+def load(path: Path) -> AgentConfig | None:
+    """The config at ``path``, or None after printing its problems (file, line, key, expectation)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"config {path} has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+    except Exception as exc:   # noqa: BLE001 - a loader bug meeting this file: one line, not a traceback
+        print(f"config {path}: could not be checked ({type(exc).__name__}: {exc}); "
+              "please report it with the file", file=sys.stderr)
+        return None
+
+
+async def run_agent(config: AgentConfig, live: bool, stop_after: float | None = None,
+                    config_path: Path | None = None) -> None:
+    """Run the agent; start it again on the config file when config.apply asks for a restart,
+    and go back to the previous file when the new one cannot even start."""
+    while True:
+        try:
+            agent = Agent(config, config_path)
+        except Exception as exc:   # noqa: BLE001 - a config from the centre that cannot start
+            marker = config_apply.pending(config.agent.state_dir) if config_path else None
+            if marker is None:
+                raise
+            config_apply.roll_back(config_path, config.agent.state_dir, marker, f"the agent could not start: {exc}")
+            reloaded = load(config_path) if config_path else None
+            if reloaded is None:
+                raise
+            config = reloaded
+            continue
+        if stop_after is not None:
+            asyncio.get_running_loop().call_later(stop_after, agent.request_stop)
+        await (_with_live_view(agent) if live else agent.run())
+        if not agent.restart_requested or config_path is None:
+            return
+        reloaded = load(config_path)
+        if reloaded is None:   # cannot happen for a file config.apply validated; be safe anyway
+            return
+        config = reloaded
+
+
+async def _with_live_view(agent: Agent) -> None:
+    from rich.live import Live
+
+    from agent.status_view import render
+    task = asyncio.create_task(agent.run())
+    with Live(render(agent.snapshot()), refresh_per_second=2, screen=False) as view:
+        while True:
+            await asyncio.wait({task}, timeout=0.5)
+            if task.done():   # the outbox is closed by now: keep the last frame
+                break
+            view.update(render(agent.snapshot()))
+    await task
