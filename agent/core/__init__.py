@@ -1,0 +1,18 @@
+"""The small core every device family stands on, and the only part of the agent a family imports.
+
+- :mod:`.model`      what a driver hands over: Reading, Event, EvidenceFile, the DeviceSink it calls
+- :mod:`.config`     config primitives: the strict base, secrets, DeviceConfig, YAML loading whose
+                     errors name file, line, key path and what was expected
+- :mod:`.units`      durations and sizes in configs (``30s``, ``64MiB``)
+- :mod:`.driver`     the Driver/Runner contract and the capabilities a runner declares
+- :mod:`.commands`   what a command handler is (Refused, CommandContext, parse_args)
+- :mod:`.registry`   finding a family by its ``driver:`` name (or dotted module path)
+- :mod:`.backoff`    the one backoff (Backoff config, Retry delays)
+- :mod:`.clock`      injectable time (Clock, VirtualClock for tests)
+- :mod:`.boundary`   where outside bytes come in: failures counted, logged once, reported
+- :mod:`.ratelimit`  token bucket and log throttle
+- :mod:`.loopwatch`  the event loop's 50 ms budget, watched
+- :mod:`.stats`      percentiles
+
+It imports nothing of the agent above it and no family (pyproject.toml's import contracts).
+"""
