@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 import orjson  # noqa: E402
 
 from agent import contract  # noqa: E402
+from agent.core.stats import percentile  # noqa: E402
 from tests.agent_proc import AgentProcess, agent_config  # noqa: E402
 from tests.hardware_sim.broker import MosquittoBroker  # noqa: E402
 from tests.hardware_sim.consumer import Consumer  # noqa: E402
@@ -40,11 +41,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> int:
@@ -107,8 +103,8 @@ def main() -> int:
             to_result.append((answered - sent) * 1000)
             time.sleep(0.02)
         print(f"signed device.write x{args.commands} (publish at the centre -> ...):")
-        print(f"  device sees the write   p50 {pct(to_device, .5):6.1f} ms   p99 {pct(to_device, .99):6.1f} ms")
-        print(f"  cmd_result at centre    p50 {pct(to_result, .5):6.1f} ms   p99 {pct(to_result, .99):6.1f} ms")
+        print(f"  device sees the write   p50 {percentile(to_device, .5, None):6.1f} ms   p99 {percentile(to_device, .99, None):6.1f} ms")
+        print(f"  cmd_result at centre    p50 {percentile(to_result, .5, None):6.1f} ms   p99 {percentile(to_result, .99, None):6.1f} ms")
 
         to_preempt, to_grant = [], []
         for i in range(max(10, args.commands // 5)):
@@ -124,8 +120,8 @@ def main() -> int:
             centre.wait_for(lambda c: c.last("cmd_result", release["id"]), 10)
             time.sleep(0.1)
         print(f"signal.priority over NTCIP/SNMP x{len(to_grant)} (publish at the centre -> ...):")
-        print(f"  controller preempt set  p50 {pct(to_preempt, .5):6.1f} ms   p99 {pct(to_preempt, .99):6.1f} ms")
-        print(f"  cmd_result at centre    p50 {pct(to_grant, .5):6.1f} ms   p99 {pct(to_grant, .99):6.1f} ms")
+        print(f"  controller preempt set  p50 {percentile(to_preempt, .5, None):6.1f} ms   p99 {percentile(to_preempt, .99, None):6.1f} ms")
+        print(f"  cmd_result at centre    p50 {percentile(to_grant, .5, None):6.1f} ms   p99 {percentile(to_grant, .99, None):6.1f} ms")
 
         window = 10.0
         before, t0 = centre.reading_count, time.monotonic()

@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.core.model import Priority  # noqa: E402
+from agent.core.stats import percentile  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 from tests.agent_proc import AgentProcess, agent_config  # noqa: E402
 from tests.hardware_sim.broker import MosquittoBroker, free_port  # noqa: E402
@@ -172,11 +173,6 @@ class JunkSender(threading.Thread):
         self.client.disconnect()
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=20, help="devices in the backlog")
@@ -278,10 +274,10 @@ def main() -> int:
               f"{min(depths, default=0)})")
         if to_event:
             print(f"  frame -> event at subscriber  p50 {statistics.median(to_event):7.1f} ms   "
-                  f"p99 {pct(to_event, 99):7.1f} ms   max {max(to_event):7.1f} ms   (target p99 < 300 ms)")
+                  f"p99 {percentile(to_event, 0.99, None):7.1f} ms   max {max(to_event):7.1f} ms   (target p99 < 300 ms)")
         if to_confirm:
             print(f"  frame -> confirm at panel     p50 {statistics.median(to_confirm):7.1f} ms   "
-                  f"p99 {pct(to_confirm, 99):7.1f} ms   max {max(to_confirm):7.1f} ms")
+                  f"p99 {percentile(to_confirm, 0.99, None):7.1f} ms   max {max(to_confirm):7.1f} ms")
         print(f"backlog drained {drained:.0f}s after the broker came back "
               f"({depth0 / max(drained, 1e-3):.0f} messages/s with live polling going on)")
         latency = snap["uplink"].get("ack_latency_ms", {})
@@ -300,7 +296,7 @@ def main() -> int:
                   f"{cmd.get('answered_refusals')}, executed {cmd.get('executed')}")
             if during_junk:
                 print(f"  alarms while the junk arrived: {len(during_junk)}; frame -> event p50 "
-                      f"{statistics.median(during_junk):.1f} ms, p99 {pct(during_junk, 99):.1f} ms, "
+                      f"{statistics.median(during_junk):.1f} ms, p99 {percentile(during_junk, 0.99, None):.1f} ms, "
                       f"max {max(during_junk):.1f} ms")
         snap = agent.status() or snap
         loop = snap.get("loop", {})
