@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from agent.core.config import Strict
 
 FORMATS = ("yolov5", "yolov8", "yolox", "nx6", "rtdetr")
 Format = Literal["yolov5", "yolov8", "yolox", "nx6", "rtdetr"]
@@ -36,11 +38,7 @@ class ModelError(Exception):
     """A model or its manifest cannot be used: the message says which file and why."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InputSpec(_Strict):
+class InputSpec(Strict):
     width: int = Field(gt=0, le=4096)
     height: int = Field(gt=0, le=4096)
     rgb: bool = True                    # channel order the model wants (frames arrive BGR)
@@ -50,7 +48,7 @@ class InputSpec(_Strict):
     pad_value: int = Field(default=114, ge=0, le=255)
 
 
-class Manifest(_Strict):
+class Manifest(Strict):
     name: str | None = None
     file: str
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")

@@ -23,19 +23,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from agent.core.config import Secret
+from agent.core.backoff import Backoff
+from agent.core.config import Secret, Strict
 from agent.core.units import Duration
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 VEHICLES = ("car", "bus", "truck")
 
 Pt = tuple[float, float]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _point(value: Any) -> Pt:
@@ -91,7 +88,7 @@ Direction = Annotated[Pt, BeforeValidator(_direction)]
 Severity = Literal["critical", "major", "minor", "info"]
 
 
-class SignalSource(_Strict):
+class SignalSource(Strict):
     """Where the red-light rule reads the signal: a point of another device (a signal controller's
     ``phase2``), never the pixels of the lamp."""
 
@@ -126,7 +123,7 @@ def _anchor(value: Any) -> float:
 Anchor = Annotated[float, BeforeValidator(_anchor)]
 
 
-class _Rule(_Strict):
+class _Rule(Strict):
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,32}$")   # default: type + index
     classes: tuple[str, ...] = VEHICLES
     severity: Severity = "major"
@@ -241,14 +238,7 @@ Rule = Annotated[Union[RedLightRule, StopLineRule, WrongWayRule, IllegalParkingR
                  BeforeValidator(_rule)]
 
 
-class Backoff(_Strict):
-    """Reconnect spacing after the stream drops or freezes: exponential with jitter."""
-
-    initial: Duration = 0.5
-    max: Duration = 30.0
-
-
-class Detect(_Strict):
+class Detect(Strict):
     score: float = Field(default=0.4, gt=0, le=1)     # detections below are dropped
     classes: tuple[str, ...] | None = None             # keep only these labels (default: all the model has)
     threads: int = Field(default=1, ge=1, le=16)       # onnxruntime intra-op threads
@@ -257,7 +247,7 @@ class Detect(_Strict):
     ignore: tuple[Polygon, ...] = ()
 
 
-class Motion(_Strict):
+class Motion(Strict):
     """Motion gate: frames without change skip the detector (a static scene costs little CPU)."""
 
     enabled: bool = True
@@ -272,13 +262,13 @@ class Motion(_Strict):
     ignore: tuple[Polygon, ...] = ()
 
 
-class Tracker(_Strict):
+class Tracker(Strict):
     iou: float = Field(default=0.2, ge=0, le=1)        # minimum overlap to continue a track
     max_gap: Duration = 1.0                            # a track unseen this long is ended
     min_hits: int = Field(default=2, ge=1, le=10)      # detections before a track counts for rules
 
 
-class Evidence(_Strict):
+class Evidence(Strict):
     clip_before: Duration = 6.0
     clip_after: Duration = 6.0
     clip_fps: float = Field(default=8.0, gt=0, le=30)
@@ -290,11 +280,11 @@ class Evidence(_Strict):
     repeat_window: Duration = 60.0   # the same plate with the same violation again within this: one violation
 
 
-class Privacy(_Strict):
+class Privacy(Strict):
     blur_faces: bool = False   # blur faces of people who are not the subject, in stills, crop and clip
 
 
-class Options(_Strict):
+class Options(Strict):
     url: str
     username: str | None = None
     password: Secret | None = None
@@ -303,7 +293,7 @@ class Options(_Strict):
     open_timeout: Duration = 5.0
     read_timeout: Duration = 3.0
     freeze_after: Duration = 3.0              # no frame for this long: the stream is frozen, reconnect
-    backoff: Backoff = Backoff()
+    backoff: Backoff = Backoff(initial=0.5)   # reconnect spacing after the stream drops or freezes: 0.5s .. 30s
     signal: SignalSource | None = None        # default signal source for red_light / stop_line rules
     rules: list[Rule] = []
     detect: Detect = Detect()
@@ -312,6 +302,13 @@ class Options(_Strict):
     evidence: Evidence = Evidence()
     privacy: Privacy = Privacy()
     stats_interval: Duration = 10.0           # how often fps, inference time and track counts are read out
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _backoff_initial(cls, value: Any) -> Any:
+        """A stream is reopened sooner than a device is retried: ``initial`` is 0.5s here unless
+        the entry sets it (``{max: 10s}`` keeps it)."""
+        return {"initial": 0.5, **value} if isinstance(value, dict) else value
 
     @field_validator("url")
     @classmethod

@@ -5,7 +5,8 @@ open and read timeouts. The thread grabs (demuxes and decodes) every frame the c
 nothing queues up inside FFmpeg, and converts to BGR only the frames it keeps (at most ``fps`` a
 second); a consumer always gets the newest frame, never a stale buffered one.
 
-The stream is reopened by the thread itself, with exponential backoff and jitter, when it cannot
+The stream is reopened by the thread itself, with the agent's one backoff (exponential with
+jitter, :mod:`agent.core.backoff`), when it cannot
 be opened, when it ends, and when no frame came for ``freeze_after`` (a frozen camera, a server
 that keeps the TCP session but sends nothing). Each change is reported through ``on_state`` with a
 sentence for the technician: :func:`probe` asks the server directly (an RTSP DESCRIBE) to tell a
@@ -20,7 +21,6 @@ import base64
 import hashlib
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 import cv2
 import numpy as np
 
+from agent.core.backoff import Backoff, Retry
 from agent.core.boundary import boundary
 
 log = logging.getLogger("drivers.camera")
@@ -70,7 +71,8 @@ class Reader:
     """One camera's reading thread. ``on_state(online, message)`` is called from that thread."""
 
     def __init__(self, url: str, *, name: str = "camera", fps: float = 10.0, open_timeout: float = 5.0,
-                 read_timeout: float = 3.0, freeze_after: float = 3.0, backoff: tuple[float, float] = (0.5, 30.0),
+                 read_timeout: float = 3.0, freeze_after: float = 3.0,
+                 backoff: Backoff | tuple[float, float] = Backoff(initial=0.5),
                  on_state: Callable[[bool, str | None], None] | None = None,
                  opener: Callable[..., cv2.VideoCapture] | None = None):
         self.url = url
@@ -80,7 +82,8 @@ class Reader:
         self.open_timeout = open_timeout
         self.read_timeout = min(read_timeout, freeze_after)
         self.freeze_after = freeze_after
-        self.backoff = backoff
+        # (initial, max) is accepted too: the camera runner hands the config's two values
+        self.backoff = backoff if isinstance(backoff, Backoff) else Backoff(initial=backoff[0], max=backoff[1])
         self.on_state = on_state or (lambda online, message: None)
         self.opener = opener or _open
         self._cond = threading.Condition()
@@ -143,7 +146,7 @@ class Reader:
                 log.exception("camera %s: state callback failed", self.name)
 
     def _run(self) -> None:
-        failures = 0
+        retry = Retry(self.backoff)
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
@@ -154,10 +157,8 @@ class Reader:
             if self._stop.is_set():
                 break
             if self.connected_at is not None and time.monotonic() - self.connected_at > 30:
-                failures = 0   # it ran a good while: start the backoff from the beginning
-            failures += 1
-            initial, cap = self.backoff
-            delay = min(cap, initial * 2 ** (failures - 1)) * random.uniform(0.7, 1.0)
+                retry.reset()   # it ran a good while: start the backoff from the beginning
+            delay = retry.next_delay()
             self._state(False, f"{problem}; retrying in {delay:.1f}s")
             self._stop.wait(delay)
 

@@ -35,13 +35,14 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
+from agent.core.backoff import Backoff, Retry
 from agent.core.boundary import boundary
 from agent.core.config import DeviceConfig
 from agent.core.model import DeviceSink, Reading, Value, now_ms
 from agent.core.driver import DeviceError, Runner
 from drivers.modbus import codec
-from drivers.modbus.device import Backoffs, Device
-from drivers.modbus.options import Backoff, Options, RtuConnection, TcpConnection
+from drivers.modbus.device import Device
+from drivers.modbus.options import Options, RtuConnection, TcpConnection
 from drivers.modbus.plan import Request
 
 log = logging.getLogger("drivers.modbus")
@@ -107,8 +108,8 @@ class BusRunner(Runner):
         # one client, one timeout: the most patient device on the bus sets it
         self.timeout = max(options.connection.timeout for _, options in devices)
         first = devices[0][1]
-        self._link_backoff = Backoffs(Backoff(initial=min(first.backoff.initial, 1.0),
-                                              max=max(o.backoff.max for _, o in devices)))
+        self._link_backoff = Retry(Backoff(initial=min(first.backoff.initial, 1.0),
+                                           max=max(o.backoff.max for _, o in devices)))
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._lock: asyncio.Lock | None = None
         self._link_failures = 0

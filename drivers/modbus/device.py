@@ -7,7 +7,7 @@ tick the missed ticks are skipped (and counted), never bunched into a burst.
 
 Failures: a poll fails when the unit does not answer (timeout), answers garbage (bad CRC, wrong
 length) or a gateway in front of it says it did not answer (exception 0x0A/0x0B). A failing unit
-is retried with exponential backoff and jitter (tenacity's ``wait_exponential_jitter``), so one
+is retried with the agent's one backoff (:mod:`agent.core.backoff`: exponential with jitter), so one
 dead unit costs the bus one timeout per backoff step instead of one per poll and its neighbours
 keep their rate. After ``offline_after`` consecutive failures the device is reported offline;
 the first good answer reports it online and puts it back on its normal schedule.
@@ -23,12 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import RetryCallState, wait_exponential_jitter
-
+from agent.core.backoff import Retry
 from agent.core.model import DeviceSink, Reading, Value
 from drivers.modbus import plan as planner
 from drivers.modbus.codec import FLOAT_TYPES, NUMERIC_TYPES
-from drivers.modbus.options import Backoff, Options
+from drivers.modbus.options import Options
 from drivers.modbus.profile import Point
 
 log = logging.getLogger("drivers.modbus")
@@ -57,24 +56,6 @@ class DeviceStats:
         # every field is a scalar: a shallow copy, not dataclasses.asdict's deep copy (this runs
         # for every device at every status write)
         return {name: getattr(self, name) for name in self.__slots__}
-
-
-class Backoffs:
-    """Exponential backoff with jitter computed by tenacity's wait strategy.
-
-    The strategy is tenacity's; the loop is ours, because a unit's retry is its next poll, not a
-    call to repeat, and other units must be polled in between.
-    """
-
-    def __init__(self, settings: Backoff):
-        self._wait = wait_exponential_jitter(multiplier=settings.initial, max=settings.max,
-                                             jitter=settings.initial)
-        self._state = RetryCallState(None, None, (), {})   # type: ignore[arg-type]
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th consecutive failure."""
-        self._state.attempt_number = max(1, failures)
-        return self._wait(self._state)
 
 
 @dataclass(slots=True)
@@ -130,7 +111,8 @@ class Device:
                          for r in planner.plan(self.points.values(), options.profile.max_gap)]
         self.stats = DeviceStats()
         self.next_due = 0.0
-        self._backoff = Backoffs(options.backoff)
+        # the delays only: a unit's retry is its next poll, other units are polled in between
+        self._backoff = Retry(options.backoff)
         self._single: dict[str, RequestReadings] = {}
 
     # -- schedule ---------------------------------------------------------------------------

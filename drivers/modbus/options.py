@@ -18,9 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from agent.core.backoff import Backoff
+from agent.core.config import Strict
+from agent.core.transport.serial_line import SerialLine
 from agent.core.units import Duration
 from drivers.modbus.profile import (
     Point, Profile, ProfileNotFound, load_profile, looks_like_path, profile_search_dirs,
@@ -29,17 +32,13 @@ from drivers.modbus.profile import (
 MIN_TIMEOUT, MAX_TIMEOUT = 0.05, 10.0
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _timeout(value: float) -> float:
     if not MIN_TIMEOUT <= value <= MAX_TIMEOUT:
         raise ValueError(f"timeout must be between {MIN_TIMEOUT * 1000:g}ms and {MAX_TIMEOUT:g}s")
     return value
 
 
-class TcpConnection(_Strict):
+class TcpConnection(Strict):
     """Modbus TCP: a device or a serial server (TCP-to-RS-485 gateway) on the network."""
 
     type: Literal["tcp"]
@@ -61,15 +60,11 @@ class TcpConnection(_Strict):
         return f"tcp {self.host}:{self.port}"
 
 
-class RtuConnection(_Strict):
-    """Modbus RTU on a serial port (RS-485/RS-232) of the gateway."""
+class RtuConnection(SerialLine):
+    """Modbus RTU on a serial port (RS-485/RS-232) of the gateway: the core's serial-line keys
+    (port, baudrate, parity, stopbits, bytesize; 9600 8N1), opened by pymodbus."""
 
     type: Literal["rtu"]
-    port: str = Field(min_length=1)            # device path, e.g. /dev/ttyUSB0 or /dev/ttyS1
-    baudrate: int = Field(default=9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
     timeout: Duration = 0.5
 
     @field_validator("timeout")
@@ -81,13 +76,8 @@ class RtuConnection(_Strict):
     def bus_key(self) -> tuple[str, ...]:
         return ("rtu", self.port)
 
-    @property
-    def line_settings(self) -> tuple[int, str, int, int]:
-        """What every device on one serial port must agree on."""
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
-
     def describe(self) -> str:
-        return f"rtu {self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+        return f"rtu {self.port} {self.settings_text}"
 
 
 _CONNECTIONS: dict[str, type[TcpConnection] | type[RtuConnection]] = {"tcp": TcpConnection, "rtu": RtuConnection}
@@ -111,26 +101,12 @@ def _connection(value: Any) -> Any:
 Connection = Annotated[Union[TcpConnection, RtuConnection], BeforeValidator(_connection)]
 
 
-class Backoff(_Strict):
-    """How a unit that stopped answering (and a dropped link) is retried: exponential with jitter."""
-
-    initial: Duration = 1.0
-    max: Duration = 30.0
-
-    @field_validator("initial", "max")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value < 0.01:
-            raise ValueError("must be at least 10ms")
-        return value
-
-
-class Options(_Strict):
+class Options(Strict):
     connection: Connection
     unit: int                         # the device's Modbus address on its bus (slave id)
     profile: Profile
     points: list[str] | None = None   # poll only these points of the profile (default: all)
-    backoff: Backoff = Backoff()
+    backoff: Backoff = Backoff()      # a unit that stopped answering (and a dropped link): 1s .. 30s
     offline_after: int = Field(default=3, ge=1, le=100)   # consecutive failed polls before "offline"
 
     @field_validator("unit")

@@ -11,9 +11,9 @@ Modules, one job each:
 - :mod:`.appdata`    application data units: information objects, GB 18030 texts
 - :mod:`.codes`      the standard's code tables (types, bits, analog quantities)
 - :mod:`.mapping`    objects -> readings and events (transitions, de-duplication, point names)
-- :mod:`.session`    routing to devices, confirm/deny, counters, online watch
-- :mod:`.transport`  TCP server/client, UDP, serial on the event loop
-- :mod:`.runner`     one runner per channel
+- :mod:`.session`    routing to devices, confirm/deny, counters, online watch; one link's session
+- :mod:`.runner`     one runner per channel, on the transport kit (:mod:`agent.core.transport`:
+                     TCP server/client, UDP, serial, their limits and backoff)
 - :mod:`.options`    the device entry's keys
 
 See README.md beside this file for technicians.

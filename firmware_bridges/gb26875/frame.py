@@ -212,17 +212,24 @@ class Deframer:
 
     On a failed candidate it advances ONE byte, not past the marker: in '@@@<frame>' the first
     candidate is the stray '@' plus the frame's first '@', and skipping two bytes would lose the
-    frame. Counters: ``garbage_bytes`` (bytes dropped outside any frame) and ``bad`` (failed
-    candidates).
+    frame. Counters: ``frames`` (valid frames), ``garbage_bytes`` (bytes dropped outside any frame)
+    and ``bad`` (failed candidates). It is the framer of the transport kit's sessions
+    (:class:`agent.core.transport.Framer`).
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self.frames = 0
         self.garbage_bytes = 0
         self.bad = 0
 
     @property
     def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not complete yet."""
         return len(self._buf)
 
     def reset(self) -> int:
@@ -265,6 +272,7 @@ class Deframer:
                 self.garbage_bytes += 1
                 del buf[:1]
                 continue
+            self.frames += 1
             out.append(result)
             del buf[:HEADER_LEN + len(result.app_data) + TRAILER_LEN]
 

@@ -13,39 +13,25 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from agent.core.backoff import Backoff
+from agent.core.config import Strict
+from agent.core.transport.serial_line import SerialLine
 from agent.core.units import Duration
 from firmware_bridges.gb26875.frame import MAX_ADDRESS
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Endpoint(_Strict):
+class Endpoint(Strict):
     host: str = Field(default="0.0.0.0", min_length=1)
     port: int = Field(ge=1, le=65535)
 
 
-class ConnectEndpoint(_Strict):
+class ConnectEndpoint(Strict):
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
-
-
-class SerialPort(_Strict):
-    port: str = Field(min_length=1)   # /dev/ttyS1, /dev/ttyUSB0
-    baudrate: int = Field(default=9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-
-
-class Backoff(_Strict):
-    initial: Duration = 1.0
-    max: Duration = 30.0
 
 
 _WIRE = re.compile(r"^[0-9A-Fa-f]{2}([ :-][0-9A-Fa-f]{2}){5}$")
@@ -79,16 +65,16 @@ def parse_address(value: Any) -> int:
     return number
 
 
-class SystemName(_Strict):
+class SystemName(Strict):
     name: str = Field(min_length=1, max_length=200)
     type: int = Field(default=1, ge=0, le=255)   # 1: fire alarm system (8.2.1.1)
 
 
-class Options(_Strict):
+class Options(Strict):
     listen: Endpoint | None = None             # the device connects to us (the usual case)
     connect: ConnectEndpoint | None = None     # we connect to the device (or to a serial server)
     udp: Endpoint | None = None                # datagrams to/from this local host:port
-    serial: SerialPort | None = None           # RS-232/485 port of the gateway
+    serial: SerialLine | None = None           # RS-232/485 port of the gateway (9600 8N1 by default)
     address: int | None = None                 # the device's address: its frames' source
     systems: dict[tuple[int, int], str] = {}   # (system type, system address) -> name
     confirm: bool = True                       # answer data frames with confirm (3) / deny (6)
@@ -102,7 +88,7 @@ class Options(_Strict):
     # bound their objects still raise events (never drop a fire) but their state is not kept.
     max_components: int = Field(default=20_000, ge=1, le=1_000_000)
     max_systems: int = Field(default=256, ge=1, le=65_536)
-    reconnect: Backoff = Backoff()             # connect/serial: retry after a failure
+    reconnect: Backoff = Backoff()             # connect/serial/a taken port: retry after a failure (1s .. 30s)
 
     @field_validator("address", mode="before")
     @classmethod
@@ -175,8 +161,7 @@ class Options(_Strict):
         if self.connect is not None:
             return f"tcp connect {self.connect.host}:{self.connect.port}"
         assert self.serial is not None
-        s = self.serial
-        return f"serial {s.port} {s.baudrate} {s.bytesize}{s.parity}{s.stopbits}"
+        return f"serial {self.serial.port} {self.serial.settings_text}"
 
     def system_name(self, system_type: int, address: int) -> str | None:
         return self.systems.get((system_type, address))

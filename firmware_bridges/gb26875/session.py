@@ -1,8 +1,10 @@
 """The protocol side of the bridge, free of sockets: frames in, answers and sink calls out.
 
 A :class:`Channel` is what one runner serves (one listening port, one outgoing connection, one UDP
-port or one serial port). It routes each frame to a configured device by source address and
-answers it the way clause 6 asks:
+port or one serial port); a :class:`Link` is one conversation on it, the transport kit's session
+(:mod:`agent.core.transport` reads the bytes, keeps the limits and writes the answers). The
+channel routes each frame to a configured device by source address and answers it the way
+clause 6 asks:
 
 - send data (2): decoded, handed to the agent, then confirmed (3) with the frame's serial number
   and the addresses swapped. The confirm goes out only after the agent has the events: a
@@ -19,12 +21,12 @@ answers it the way clause 6 asks:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.boundary import boundary
+from agent.core.clock import SYSTEM, Clock
 from agent.core.config import DeviceConfig
 from agent.core.model import DeviceSink, now_ms
 from firmware_bridges.gb26875 import appdata
@@ -33,7 +35,7 @@ from firmware_bridges.gb26875.mapping import FireState
 from firmware_bridges.gb26875.options import Options
 
 log = logging.getLogger("firmware_bridges.gb26875")
-FRAMES = boundary("gb26875")   # every frame of every transport passes Channel.receive
+FRAMES = boundary("gb26875")   # every frame of every transport passes Channel.handle_all
 
 WARN_EVERY_S = 60.0
 
@@ -61,12 +63,22 @@ class DeviceStats:
 
 
 class Link:
-    """One conversation: a TCP connection, a serial port, or a UDP peer."""
+    """One conversation: a TCP connection, a serial port, or a UDP peer. As the transport kit's
+    session it holds the conversation's deframer and hands what it cuts to the channel."""
 
-    def __init__(self, peer: str, send: Callable[[bytes], None]):
+    def __init__(self, peer: str, send: Callable[[bytes], None], channel: "Channel | None" = None,
+                 announce: bool = False):
         self.peer = peer
         self._send = send
         self.device: DeviceHandler | None = None   # who spoke on it last
+        self.framer = Deframer()
+        self.channel = channel
+        self.announce = announce                    # log its coming and going (TCP, serial; not each UDP sender)
+        if channel is not None:
+            channel.stats.links.add(self)
+            channel.stats.connections += 1
+            if announce:
+                log.info("%s: %s connected", channel.name, peer)
 
     def send(self, data: bytes) -> bool:
         try:
@@ -76,23 +88,45 @@ class Link:
             log.debug("%s: send failed: %s", self.peer, exc)
             return False
 
+    # -- the transport kit's Session -----------------------------------------------------------
+
+    def handle(self, items: "list[Frame | BadFrame]") -> None:
+        assert self.channel is not None
+        self.channel.handle_all(items, self)
+
+    def discarded(self, count: int, why: str) -> None:
+        """An unfinished frame thrown away (a datagram cut short, a serial frame that stalled): a
+        bad frame of whoever speaks on this link."""
+        channel = self.channel
+        device = self.device or (channel.devices[0] if channel is not None and len(channel.devices) == 1 else None)
+        if device is not None:
+            device.stats.bad_frames += 1
+            device.stats.last_error = f"{self.peer}: {why}"
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.stats.links.discard(self)
+            if self.announce:
+                log.info("%s: %s disconnected", self.channel.name, self.peer)
+
 
 class DeviceHandler:
     """One configured transmission device: its state, counters and online watch."""
 
-    def __init__(self, config: DeviceConfig, options: Options, sink: DeviceSink):
+    def __init__(self, config: DeviceConfig, options: Options, sink: DeviceSink, clock: Clock = SYSTEM):
         self.id = config.id
+        self._monotonic = clock.monotonic   # online watch; the runner's watchdog reads the same clock
         self.options = options
         self.sink = sink
         self.state = FireState(options)
         self.stats = DeviceStats()
         self.last_seen: float | None = None   # monotonic time of the last valid frame
-        self.started = time.monotonic()
+        self.started = self._monotonic()
         self._warned_at: dict[str, float] = {}
 
     def warn(self, key: str, message: str, *args: Any) -> None:
         """Log a problem at most once a minute per kind: a noisy line must not flood the journal."""
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._warned_at.get(key, -WARN_EVERY_S) >= WARN_EVERY_S:
             self._warned_at[key] = now
             log.warning("%s: " + message, self.id, *args)
@@ -102,7 +136,7 @@ class DeviceHandler:
         stats.frames += 1
         stats.last_frame_ms = now_ms()
         stats.peer = link.peer
-        self.last_seen = time.monotonic()
+        self.last_seen = self._monotonic()
         if stats.online is not True:
             stats.online = True
             self.sink.device_state(self.id, True)
@@ -202,9 +236,11 @@ class ChannelStats:
 class Channel:
     """Routes frames of one runner to its devices."""
 
-    def __init__(self, name: str, members: list[tuple[DeviceConfig, Options]], sink: DeviceSink):
+    def __init__(self, name: str, members: list[tuple[DeviceConfig, Options]], sink: DeviceSink,
+                 clock: Clock = SYSTEM):
         self.name = name
-        self.devices = [DeviceHandler(config, options, sink) for config, options in members]
+        self.clock = clock
+        self.devices = [DeviceHandler(config, options, sink, clock) for config, options in members]
         self._by_address = {d.options.address: d for d in self.devices if d.options.address is not None}
         # One device on a channel of its own takes every frame on it; a source address that differs
         # from its config is logged, not refused: refusing would lose its fire alarms over a typo.
@@ -224,14 +260,19 @@ class Channel:
         return None
 
     def receive(self, deframer: Deframer, data: bytes, link: Link) -> None:
-        """Bytes a transport read: each frame in them handled on its own, so a bug meeting one
-        frame (counted on the gb26875 boundary) costs that frame and nothing after it."""
+        """Bytes read outside the transport kit (tests, tools): cut by ``deframer`` under the
+        gb26875 boundary, then handled as the kit's sessions do (:meth:`handle_all`)."""
         try:
             items = deframer.feed(data)
         except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py; the deframer starts clean
             FRAMES.failed(exc, data, where=link.peer)
             deframer.reset()
             return
+        self.handle_all(items, link)
+
+    def handle_all(self, items: list[Frame | BadFrame], link: Link) -> None:
+        """Each frame handled on its own, so a bug meeting one frame (counted on the gb26875
+        boundary) costs that frame and nothing after it."""
         for item in items:
             try:
                 self.handle(item, link)
@@ -267,7 +308,7 @@ class Channel:
         device.on_frame(item, link)
 
     def check_silence(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for device in self.devices:
             device.check_silence(now)
 

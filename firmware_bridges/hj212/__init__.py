@@ -11,9 +11,10 @@ Modules, one job each:
 - :mod:`.reassembly`   split packets (PNUM/PNO) put back together
 - :mod:`.replies`      answer frames (9011/9013/9014) and the clock setting (1012)
 - :mod:`.station`      one station: checks, answers, ingest, online state, counters
-- :mod:`.router`       routing by MN; one byte stream's framer and session
-- :mod:`.server`       the TCP server runner (limits and timeouts per connection)
-- :mod:`.serial_line`  the serial port runner
+- :mod:`.router`       routing by MN; one link's session (framer, answers) for the transport kit
+- :mod:`.runner`       what both runners share: stations, their tick, the kit's Bridge
+- :mod:`.server`       the TCP server runner (on :class:`agent.core.transport.TcpServer`)
+- :mod:`.serial_line`  the serial port runner (on :class:`agent.core.transport.SerialTransport`)
 - :mod:`.options`      the device entry's keys
 - :mod:`.decode`       `edge-agent decode hj212 FRAME`
 

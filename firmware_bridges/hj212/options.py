@@ -18,19 +18,16 @@ import re
 import zoneinfo
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from agent.core.config import ID_PATTERN, Secret
+from agent.core.config import ID_PATTERN, Secret, Strict
+from agent.core.transport.serial_line import SerialLine as CoreSerialLine
 from agent.core.units import Duration
 
 _MN = re.compile(r"^[0-9A-Za-z_.-]{1,32}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Listen(_Strict):
+class Listen(Strict):
     """A TCP server the station's data logger connects to. Devices with the same host and port
     share one server (and must agree on its limits)."""
 
@@ -59,14 +56,10 @@ class Listen(_Strict):
         return f"listen tcp {self.host}:{self.port}"
 
 
-class SerialLine(_Strict):
-    """A serial port of the gateway wired to the logger's RS-232/RS-485 output."""
+class SerialLine(CoreSerialLine):
+    """A serial port of the gateway wired to the logger's RS-232/RS-485 output: the core's
+    serial-line keys (port, baudrate, parity, stopbits, bytesize; 9600 8N1) and a frame timeout."""
 
-    port: str = Field(min_length=1)
-    baudrate: int = Field(default=9600, ge=300, le=921600)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
     frame_timeout: Duration = 30.0
 
     @property
@@ -75,20 +68,20 @@ class SerialLine(_Strict):
 
     @property
     def line_settings(self) -> tuple[object, ...]:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize, self.frame_timeout)
+        return (*super().line_settings, self.frame_timeout)
 
     def describe(self) -> str:
-        return f"serial {self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+        return f"serial {self.port} {self.settings_text}"
 
 
-class PointOverride(_Strict):
+class PointOverride(Strict):
     """Name and/or unit of one pollutant code at this station (instead of the built-in table)."""
 
     name: str | None = Field(default=None, pattern=ID_PATTERN)
     unit: str | None = Field(default=None, min_length=1, max_length=32)
 
 
-class Options(_Strict):
+class Options(Strict):
     listen: Listen | None = None
     serial: SerialLine | None = None
     mn: str                                        # the station's MN, as its logger sends it

@@ -1,18 +1,20 @@
-"""Routes what a transport's :class:`~.frame.StreamFramer` produced to the stations, by MN.
+"""Routes what one link's :class:`~.frame.StreamFramer` cut to the stations, by MN.
 
-Shared by the TCP server and the serial reader: one router per listener (or serial port), with
-the stations configured on it. A frame from an MN no station has is counted, logged once per
-MN, and ignored (no answer: an unknown logger learns nothing). A bad frame whose header still
-names a known MN goes to that station (which may refuse it); other bad frames are counted here.
+One router per listener (or serial port), with the stations configured on it; one
+:class:`StreamSession` per link (a TCP connection, the serial port), made for the transport kit
+(:mod:`agent.core.transport`), which reads the bytes, enforces the limits and writes the answers.
+A frame from an MN no station has is counted, logged once per MN, and ignored (no answer: an
+unknown logger learns nothing). A bad frame whose header still names a known MN goes to that
+station (which may refuse it); other bad frames are counted here.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from agent.core.transport import Link, TransportStats
 from firmware_bridges.hj212.frame import Frame, FrameError, StreamFramer, lenient_header
 from firmware_bridges.hj212.station import FRAMES, Session, Station
 
@@ -22,22 +24,15 @@ MAX_REMEMBERED_UNKNOWN = 1000
 
 
 @dataclass(slots=True)
-class ListenerStats:
-    """Counters of one listener (or serial port) that belong to no station."""
+class ListenerStats(TransportStats):
+    """Counters of one listener (or serial port) that belong to no station: the transport's
+    (connections, accepted, refused_connections, timed_out, flooded) and these."""
 
-    connections: int = 0           # open now
-    accepted: int = 0              # connections accepted since start
-    refused_connections: int = 0   # turned away or evicted at max_connections
-    timed_out: int = 0             # closed for idleness or an incomplete frame (slow-loris)
-    flooded: int = 0               # closed after too many bytes without a valid frame
     unknown_mn_frames: int = 0
     unknown_mns: int = 0
     bad_frames: int = 0            # bad frames not attributable to a station
     garbage_bytes: int = 0
     last_error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Router:
@@ -105,44 +100,29 @@ class Router:
 
 
 class StreamSession:
-    """One byte stream (a TCP connection or a serial port): its framer and what it carried."""
+    """One link as the stations see it (the kit's session): its framer, the stations that spoke
+    on it, and where their answers go: every answer waits for the agent's commit (a 9014 tells
+    the logger it may drop the data), in order."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, link: Link, router: Router):
+        self.name = link.peer
+        self.link = link
+        self.router = router
         self.stations: set[Station] = set()
         self.framer = StreamFramer()
-        self.valid_frames = 0
-        self.bytes_since_frame = 0       # bytes received since the last valid frame (flood guard)
-        self.partial_since: float | None = None   # when the pending incomplete frame began
+        self._garbage_counted = 0
 
-    def feed(self, data: bytes, router: Router, now: float) -> bytes:
-        """Frames in ``data`` handled; returns the bytes to write back (answers)."""
+    def handle(self, items: list[Frame | FrameError]) -> None:
         framer = self.framer
-        frames, garbage = framer.frames, framer.garbage_bytes
-        try:
-            items = framer.feed(data)
-        except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py; the framer starts clean
-            FRAMES.failed(exc, data, where=self.name)
-            framer.reset()
-            self.partial_since = None
-            return b""
-        router.stats.garbage_bytes += framer.garbage_bytes - garbage
-        if framer.frames != frames:
-            self.valid_frames += framer.frames - frames
-            self.bytes_since_frame = 0
-        else:
-            self.bytes_since_frame += len(data)
-        if not framer.pending:
-            self.partial_since = None
-        elif items or self.partial_since is None:
-            self.partial_since = now
-        if not items:
-            return b""
-        return b"".join(router.handle(items, self))
+        self.router.stats.garbage_bytes += framer.garbage_bytes - self._garbage_counted
+        self._garbage_counted = framer.garbage_bytes
+        if items:
+            answers = self.router.handle(items, self)
+            if answers:
+                self.link.send(b"".join(answers), after_commit=True)
 
-    def stalled(self, now: float, frame_timeout: float) -> bool:
-        """An incomplete frame has been pending longer than ``frame_timeout`` (slow-loris)."""
-        return self.partial_since is not None and now - self.partial_since > frame_timeout
+    def discarded(self, count: int, why: str) -> None:
+        """A stalled frame on a serial line: the transport counts it (``timed_out``) and logs it."""
 
     def close(self) -> None:
         for station in list(self.stations):

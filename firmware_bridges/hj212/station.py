@@ -1,8 +1,8 @@
 """One station (one device of the config, one MN): checks its frames, answers them, reassembles
 split uploads, turns uploads into readings, and keeps its online state and counters.
 
-No I/O here: a transport (:mod:`.server`, :mod:`.serial_line`) feeds frames through
-:mod:`.router` and writes back the bytes these methods return.
+No I/O here: the transport kit (:mod:`agent.core.transport`, set up by :mod:`.server` and
+:mod:`.serial_line`) feeds frames through :mod:`.router` and writes back the bytes these methods return.
 
 What a frame gets (see README.md for the full table):
 
@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from agent.core.boundary import boundary
+from agent.core.clock import SYSTEM, Clock
 from agent.core.model import DeviceSink, Event, Reading, now_ms
 from firmware_bridges.hj212 import codes, replies
 from firmware_bridges.hj212.frame import (
@@ -84,8 +85,10 @@ class StationStats:
 
 
 class Station:
-    def __init__(self, device_id: str, options: Options, sink: DeviceSink, password: str | None):
+    def __init__(self, device_id: str, options: Options, sink: DeviceSink, password: str | None,
+                 clock: Clock = SYSTEM):
         self.id = device_id
+        self._monotonic = clock.monotonic   # online/stale timing; the runner's ticks read the same clock
         self.options = options
         self.mn = options.mn
         self.sink = sink
@@ -96,7 +99,7 @@ class Station:
         self.reassembler = Reassembler(timeout=max(60.0, options.stale_after))
         self.stats = StationStats()
         self.sessions: set[Session] = set()
-        self.started = time.monotonic()
+        self.started = self._monotonic()
         self.last_frame = 0.0
         self.latest: dict[str, Reading] = {}     # the last reading of each point (device.read)
         self._recent: OrderedDict[tuple[str, str | None, int], None] = OrderedDict()   # see _upload_key
@@ -125,7 +128,7 @@ class Station:
         answered = frame
         if frame.is_split:
             stats.split_parts += 1
-            whole = self.reassembler.add(frame, time.monotonic())
+            whole = self.reassembler.add(frame, self._monotonic())
             stats.split_dropped = self.reassembler.dropped
             if isinstance(whole, str):
                 return self._refuse(frame, QNRTN_REFUSED, whole)
@@ -210,7 +213,7 @@ class Station:
         stats = self.stats
         stats.frames += 1
         stats.last_frame_ms = now_ms()
-        self.last_frame = time.monotonic()
+        self.last_frame = self._monotonic()
         self.attach(session)
         stats.peer = session.name
         if stats.online is not True:

@@ -39,9 +39,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from tenacity import RetryCallState, wait_exponential_jitter
-
 from agent.core import loopwatch
+from agent.core.backoff import Retry
 from agent.core.boundary import boundary
 from agent.core.model import now_ms
 from firmware_bridges.signal_controller.errors import NoAnswer, Refused
@@ -247,18 +246,6 @@ class LinkStats:
         return asdict(self)
 
 
-class Backoffs:
-    """Exponential backoff with jitter (tenacity's strategy), as the Modbus driver does it."""
-
-    def __init__(self, initial: float, maximum: float):
-        self._wait = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
-        self._state = RetryCallState(None, None, (), {})   # type: ignore[arg-type]
-
-    def delay(self, failures: int) -> float:
-        self._state.attempt_number = max(1, failures)
-        return self._wait(self._state)
-
-
 StatusCallback = Callable[[ControllerStatus], None]
 StateCallback = Callable[[bool, "str | None"], None]
 
@@ -277,7 +264,7 @@ class NtcipLink:
         self.offline_after = options.offline_after
         self.preempts = sorted(set(options.priority.preempts.values())) if options.priority else []
         self.stats = LinkStats()
-        self._backoff = Backoffs(options.backoff.initial, options.backoff.max)
+        self._backoff = Retry(options.backoff)
         groups = sorted({group_of(p) for p in self.phases + self.peds})
         self._mask_keys = [(name, g) for name in GROUP_COLUMNS for g in groups]
         self._oids = [PHASE_STATUS_GROUP + (GROUP_COLUMNS[name], g) for name, g in self._mask_keys]

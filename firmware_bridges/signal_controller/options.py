@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator,
+    Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from agent.core.config import Secret
+from agent.core.backoff import Backoff
+from agent.core.config import Secret, Strict
 from agent.core.units import Duration
-from drivers.modbus.options import Backoff, Connection as ModbusConnection
+from drivers.modbus.options import Connection as ModbusConnection
 from drivers.modbus.profile import Profile, ProfileNotFound, load_profile, looks_like_path, profile_search_dirs
 from firmware_bridges.signal_controller.phases import LampDecoder
 
@@ -36,15 +37,11 @@ DEFAULT_IO_PROFILE = "signal_io_module"
 _MODBUS_CONNECTION: TypeAdapter[Any] = TypeAdapter(ModbusConnection)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 AUTH_PROTOCOLS = ("none", "md5", "sha", "sha224", "sha256", "sha384", "sha512")
 PRIV_PROTOCOLS = ("none", "des", "3des", "aes", "aes192", "aes256")
 
 
-class NtcipConnection(_Strict):
+class NtcipConnection(Strict):
     """SNMP to an NTCIP 1202 controller: v2c with a community, or v3 with a USM user."""
 
     host: str = Field(min_length=1)
@@ -95,13 +92,13 @@ class NtcipConnection(_Strict):
         return f"snmp v{self.version} {self.host}:{self.port}"
 
 
-class PhaseConfig(_Strict):
+class PhaseConfig(Strict):
     name: str | None = None
     approach: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,16}$")   # N, SB, east ...
     ped: bool = False         # the phase has a pedestrian head: publish ped<n> too
 
 
-class PriorityConfig(_Strict):
+class PriorityConfig(Strict):
     """The bounded priority (preemption) request. Requests outside min..max are clamped (README)."""
 
     preempt: Union[int, dict[int, int]]   # preempt number (ntcip) / coil address (modbus_io), or phase -> that
@@ -147,7 +144,7 @@ class PriorityConfig(_Strict):
         return self.max_hold if self.max_hold is not None else 3 * self.max_duration
 
 
-class Options(_Strict):
+class Options(Strict):
     protocol: Literal["ntcip", "modbus_io"]
     connection: Any
     unit: int | None = Field(default=None, validate_default=True)      # modbus_io: the I/O module's unit id
