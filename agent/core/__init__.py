@@ -13,6 +13,9 @@
 - :mod:`.ratelimit`  token bucket and log throttle
 - :mod:`.loopwatch`  the event loop's 50 ms budget, watched
 - :mod:`.stats`      percentiles
+- :mod:`.transport`  the bridges' links: TCP listen and dial, UDP, serial, their limits, answers
+                     after the commit (a family brings only its framer and session), and the one
+                     serial-line options model (Modbus RTU, HJ 212, GB/T 26875.3)
 
 It imports nothing of the agent above it and no family (pyproject.toml's import contracts).
 """

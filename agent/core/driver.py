@@ -15,10 +15,8 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
     from pathlib import Path
-
-    from agent.core.commands import CommandHandler
     from agent.core.config import DeviceConfig
     from agent.core.model import DeviceSink, Reading, Value
 
@@ -133,7 +131,7 @@ class Driver(ABC):
         decoded to JSON-ready data. Raises ValueError saying what is wrong and where."""
         raise NotImplementedError(f"the {self.name} driver has no frame decoder")
 
-    def commands(self) -> "Mapping[str, CommandHandler]":
+    def commands(self) -> "Mapping[str, Callable[..., Awaitable[Any]]]":
         """Commands this family adds for the centre (``camera.snapshot``, ``signal.priority``):
         name -> handler (see :mod:`agent.core.commands`). Still subject to the config's allowlist."""
         return {}
