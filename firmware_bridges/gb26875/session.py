@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.core.boundary import boundary
+from agent.core.ratelimit import Throttle
 from agent.core.clock import SYSTEM, Clock
 from agent.core.config import DeviceConfig
 from agent.core.model import DeviceSink, now_ms
@@ -37,7 +38,6 @@ from firmware_bridges.gb26875.options import Options
 log = logging.getLogger("firmware_bridges.gb26875")
 FRAMES = boundary("gb26875")   # every frame of every transport passes Channel.handle_all
 
-WARN_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -122,14 +122,11 @@ class DeviceHandler:
         self.stats = DeviceStats()
         self.last_seen: float | None = None   # monotonic time of the last valid frame
         self.started = self._monotonic()
-        self._warned_at: dict[str, float] = {}
+        self._throttle = Throttle(clock=self._monotonic)
 
     def warn(self, key: str, message: str, *args: Any) -> None:
         """Log a problem at most once a minute per kind: a noisy line must not flood the journal."""
-        now = self._monotonic()
-        if now - self._warned_at.get(key, -WARN_EVERY_S) >= WARN_EVERY_S:
-            self._warned_at[key] = now
-            log.warning("%s: " + message, self.id, *args)
+        self._throttle.warn(log, key, "%s: " + message, self.id, *args)
 
     def on_frame(self, frame: Frame, link: Link) -> None:
         stats = self.stats

@@ -11,10 +11,10 @@ station (which may refuse it); other bad frames are counted here.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from agent.core.transport import Link, TransportStats
+from agent.core.ratelimit import Throttle
 from firmware_bridges.hj212.frame import Frame, FrameError, StreamFramer, lenient_header
 from firmware_bridges.hj212.station import FRAMES, Session, Station
 
@@ -41,7 +41,7 @@ class Router:
         self.stations: dict[str, Station] = {s.mn: s for s in stations}
         self.stats = ListenerStats()
         self._unknown: set[str] = set()
-        self._last_log = 0.0
+        self._throttle = Throttle()
 
     def handle(self, items: list[Frame | FrameError], session: Session) -> list[bytes]:
         """Answers to write back for what one read produced."""
@@ -66,10 +66,7 @@ class Router:
             return station.handle_bad(item, header, session)
         self.stats.bad_frames += 1
         self.stats.last_error = f"{item.reason}: {item}"
-        now = time.monotonic()
-        if now - self._last_log > 60.0:
-            self._last_log = now
-            log.warning("hj212 %s: bad frame from %s: %s", self.name, session.name, item)
+        self._throttle.warn(log, "bad", "hj212 %s: bad frame from %s: %s", self.name, session.name, item)
         return []
 
     def _unhandled(self, item: Frame | FrameError, exc: Exception, session: Session) -> list[bytes]:

@@ -24,13 +24,13 @@ reports it offline (also when it never sent anything since the agent started).
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from agent.core.boundary import boundary
+from agent.core.ratelimit import Throttle
 from agent.core.clock import SYSTEM, Clock
 from agent.core.model import DeviceSink, Event, Reading, now_ms
 from firmware_bridges.hj212 import codes, replies
@@ -45,7 +45,6 @@ from firmware_bridges.hj212.reassembly import Reassembler
 log = logging.getLogger("firmware_bridges.hj212")
 FRAMES = boundary("hj212")   # every frame of every listener and serial line passes it
 
-LOG_EVERY = 60.0    # the same complaint about one station is logged at most once a minute
 RECENT_UPLOADS = 64  # uploads remembered per station to recognise a resend
 
 
@@ -103,7 +102,7 @@ class Station:
         self.last_frame = 0.0
         self.latest: dict[str, Reading] = {}     # the last reading of each point (device.read)
         self._recent: OrderedDict[tuple[str, str | None, int], None] = OrderedDict()   # see _upload_key
-        self._logged: dict[str, float] = {}
+        self._throttle = Throttle(clock=self._monotonic)
 
     # -- frames -------------------------------------------------------------------------------
 
@@ -343,10 +342,8 @@ class Station:
         return pw if pw.isascii() and pw.isalnum() and len(pw) <= 16 else ""
 
     def _log(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._logged.get(key, -LOG_EVERY) >= LOG_EVERY:
-            self._logged[key] = now
-            log.warning(message, *args)
+        """The same complaint about one station at most once a minute."""
+        self._throttle.warn(log, key, message, *args)
 
 
 def latest_reading(stations: list[Station], device_id: str, point: str) -> Reading:
