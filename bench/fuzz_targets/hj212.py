@@ -78,9 +78,16 @@ def mutate_segment(rng: random.Random, segment: str) -> str:
     return ";".join(fields) + ";CP=&&" + cp_text + "&&" if sep or rng.random() < 0.8 else ";".join(fields)
 
 
-# asyncio's selector transport hands a Protocol up to 256 KiB in one data_received: what one
-# callback of the TCP server may have to handle
-TRANSPORT_READ = 256 * 1024
+
+
+def transport_read() -> int:
+    """The most bytes one callback of an HJ 212 transport hands to the framer: the TCP server's
+    read buffer or the serial line's read, whichever is larger."""
+    from firmware_bridges.hj212 import serial_line, server
+    return max(server.READ_SIZE, serial_line.READ_CHUNK)
+
+
+TRANSPORT_READ = 256 * 1024   # the largest burst a flood input sends (asyncio's own read size)
 
 
 def flood(rng: random.Random, pieces: tuple[bytes, ...]) -> bytes:
@@ -131,7 +138,8 @@ def reads(rng: random.Random, data: bytes, limit: int) -> tuple[bytes, ...]:
 
 class Framer(Target):
     """``StreamFramer.feed``: frames and frame errors out of a byte stream, never an exception,
-    never holding more than one maximal frame plus the last chunk."""
+    never holding more than one maximal frame plus the last chunk; fed reads as large as the
+    transports read (one read is one callback on the event loop)."""
 
     name = "hj212.framer"
     share = 14.0
@@ -139,9 +147,10 @@ class Framer(Target):
     def setup(self, workdir: Path) -> None:
         from firmware_bridges.hj212 import frame
         self.frame = frame
+        self.read_size = transport_read()
 
     def generate(self, rng: random.Random) -> tuple[bytes, ...]:
-        return reads(rng, frame_input(rng), TRANSPORT_READ)
+        return reads(rng, frame_input(rng), self.read_size)
 
     def to_bytes(self, case: tuple[bytes, ...]) -> bytes:
         return b"".join(case)
@@ -179,6 +188,7 @@ class StationTarget(Target):
         from firmware_bridges.hj212.station import Station
 
         self.frame = frame
+        self.read_size = transport_read()
         self.sink = CheckingSink(self.problem)
         stations = []
         for i, case in enumerate(sorted(p for p in seeds.HJ212_CASES.iterdir() if p.is_dir())):
@@ -195,7 +205,7 @@ class StationTarget(Target):
         self.answers = b""
 
     def generate(self, rng: random.Random) -> tuple[bytes, ...]:
-        return reads(rng, frame_input(rng), TRANSPORT_READ)
+        return reads(rng, frame_input(rng), self.read_size)
 
     def to_bytes(self, case: tuple[bytes, ...]) -> bytes:
         return b"".join(case)
