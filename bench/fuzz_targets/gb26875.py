@@ -108,21 +108,20 @@ def stream_input(rng: random.Random) -> bytes:
 
 class DeframerTarget(Target):
     """``Deframer.feed``: frames and bad frames out of a byte stream, never an exception, never
-    holding more than one maximal frame plus the last chunk."""
+    holding more than one maximal frame plus the last chunk; fed reads as large as a transport
+    hands over at once (a TCP or serial read, a UDP datagram), each one callback on the loop."""
 
     name = "gb26875.deframer"
     share = 14.0
 
     def setup(self, workdir: Path) -> None:
-        from firmware_bridges.gb26875 import frame
+        from firmware_bridges.gb26875 import frame, transport
         self.frame = frame
+        self.read_size = max(transport.READ_SIZE, transport.MAX_DATAGRAM)
 
     def generate(self, rng: random.Random) -> tuple[bytes, ...]:
-        data = stream_input(rng)
-        if len(data) < 2 or rng.random() < 0.5:
-            return (data,)
-        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(1, 5))))
-        return tuple(data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)]))
+        from bench.fuzz_targets.hj212 import reads
+        return reads(rng, stream_input(rng), self.read_size)
 
     def to_bytes(self, case: tuple[bytes, ...]) -> bytes:
         return b"".join(case)
@@ -130,8 +129,11 @@ class DeframerTarget(Target):
     def feed(self, case: tuple[bytes, ...]) -> None:
         deframer = self.frame.Deframer()
         self.items = []
+        self.handler_cpu = 0.0
         for chunk in case:
+            started = time.thread_time()
             self.items += deframer.feed(chunk)
+            self.handler_cpu = max(self.handler_cpu, time.thread_time() - started)
             if deframer.buffered > self.frame.MAX_FRAME + len(chunk):
                 self.problem("deframer buffer unbounded", f"{deframer.buffered} bytes after a {len(chunk)}-byte chunk")
 

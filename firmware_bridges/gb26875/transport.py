@@ -6,7 +6,11 @@ Each one cuts its bytes into frames with a :class:`Deframer` per link and hands 
 - every TCP connection has its own task; a peer that sends nothing for ``idle_timeout`` is closed,
   and one that does not read our answers (its window full) is closed after WRITE_TIMEOUT;
 - reads are at most READ_SIZE bytes and the deframer never keeps more than one maximum frame
-  besides, so a peer streaming garbage costs bounded memory;
+  besides, so a peer streaming garbage costs bounded memory (and bounded time on the event loop:
+  the deframer spends ~3 µs on each byte of '@' noise);
+- a UDP datagram longer than MAX_DATAGRAM is dropped unread and counted: a device sends a frame
+  (at most 1054 bytes) a datagram, a few at most, and a 64 KiB datagram of '@@@@' held the event
+  loop for 200 ms in the deframer (found by bench/fuzz.py);
 - at most MAX_CONNECTIONS connections per listening port; more are closed at once.
 """
 
@@ -19,13 +23,14 @@ import os
 import random
 from typing import Any
 
-from firmware_bridges.gb26875.frame import Deframer
+from firmware_bridges.gb26875.frame import MAX_FRAME, Deframer
 from firmware_bridges.gb26875.options import Backoff, ConnectEndpoint, Endpoint, SerialPort
 from firmware_bridges.gb26875.session import Channel, Link
 
 log = logging.getLogger("firmware_bridges.gb26875")
 
 READ_SIZE = 4096
+MAX_DATAGRAM = 4 * MAX_FRAME
 WRITE_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 MAX_CONNECTIONS = 64
@@ -176,14 +181,20 @@ class _Datagrams(asyncio.DatagramProtocol):
             transport = self.transport
             assert transport is not None
             link = self.links[addr] = Link(f"{addr[0]}:{addr[1]}", lambda b, a=addr: transport.sendto(b, a))
+        if len(data) > MAX_DATAGRAM:
+            self._bad(link, f"a datagram of {len(data)} bytes (more than {MAX_DATAGRAM}) was dropped unread")
+            return
         # one datagram carries whole frames (maybe several); a fragment left over is garbage
         deframer = Deframer()
         self.channel.receive(deframer, data, link)
         if deframer.buffered:
-            device = link.device or (self.channel.devices[0] if len(self.channel.devices) == 1 else None)
-            if device is not None:
-                device.stats.bad_frames += 1
-                device.stats.last_error = f"{link.peer}: a datagram ended inside a frame"
+            self._bad(link, "a datagram ended inside a frame")
+
+    def _bad(self, link: Link, what: str) -> None:
+        device = link.device or (self.channel.devices[0] if len(self.channel.devices) == 1 else None)
+        if device is not None:
+            device.stats.bad_frames += 1
+            device.stats.last_error = f"{link.peer}: {what}"
 
     def error_received(self, exc: Exception) -> None:
         log.debug("%s: %s", self.channel.name, exc)
