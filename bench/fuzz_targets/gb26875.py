@@ -132,8 +132,9 @@ class DeframerTarget(Target):
         self.handler_cpu = 0.0
         for chunk in case:
             started = time.thread_time()
-            self.items += deframer.feed(chunk)
+            items = deframer.feed(chunk)
             self.handler_cpu = max(self.handler_cpu, time.thread_time() - started)
+            self.items += [item for item in items if isinstance(item, self.frame.Frame)]
             if deframer.buffered > self.frame.MAX_FRAME + len(chunk):
                 self.problem("deframer buffer unbounded", f"{deframer.buffered} bytes after a {len(chunk)}-byte chunk")
 
