@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,19 @@ def test_run_refuses_a_world_readable_secret_clearly(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "readable by every user" in result.stderr and "s3cret" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+# -- regression cases as data (tests/cases/config/<what it pins>/) -----------------------------------
+
+CONFIG_CASES = Path(__file__).resolve().parent / "cases" / "config"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", sorted(p.name for p in CONFIG_CASES.iterdir() if p.is_dir()))
+def test_config_case(case):
+    expected = json.loads((CONFIG_CASES / case / "expected.json").read_text())
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIG_CASES / case / "gateway.yaml")
+    text = "\n".join(err.value.problems)
+    for fragment in expected["problems_contain"]:
+        assert fragment in text, (fragment, text[:2000])
