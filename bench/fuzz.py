@@ -45,7 +45,8 @@ def run_worker(names: list[str], counts: dict[str, int], seed: int, worker: int,
                deadline: float | None) -> dict[str, TargetResult]:
     """One process's part: every target set up once, then fed its inputs; results returned."""
     logging.disable(logging.CRITICAL)   # the agent logs what it refuses; findings come from the instruments
-    with tempfile.TemporaryDirectory(prefix=f"fuzz-{worker}-") as tmp:
+    scratch = "/dev/shm" if os.path.isdir("/dev/shm") else None   # fsyncs of outboxes and audit logs stay in memory
+    with tempfile.TemporaryDirectory(prefix=f"fuzz-{worker}-", dir=scratch) as tmp:
         targets = []
         for name in names:
             target = target_class(name)()

@@ -24,7 +24,7 @@ YAML_SNIPPETS = (
     "x: " + "9" * 5000 + "\n", "x: 0o" + "7" * 5000 + "\n", "x: 1e99999\n", "x: .nan\n", "x: !!float nan\n",
     "x: ? [a, b]\n", "? [a, b]\n: 1\n", "x: !!set {a, b}\n", "x: !!omap [a: 1]\n", "x: !!str\n", "<<: *z\n",
     "x: !custom 1\n", "x: '\\x00'\n", '"\\ud800": 1\n', "%YAML 9.9\n---\nx: 1\n", "--- 1\n--- 2\n", "\t- x\n",
-    "x: " + deep(random.Random(0), "[", "]", (3000,)) + "\n", "x: " + deep(random.Random(0), "{a: ", "}", (600,)) + "\n",
+    "x: " + deep(random.Random(0), "[", "]", (800,)) + "\n", "x: " + deep(random.Random(0), "{a: ", "}", (600,)) + "\n",
 )
 
 
