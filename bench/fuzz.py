@@ -59,7 +59,7 @@ def run_worker(names: list[str], counts: dict[str, int], seed: int, worker: int,
         try:
             return runner.run(counts, time.monotonic() + left)
         finally:
-            runner.tap.uninstall()
+            runner.close()
             for target in targets:
                 target.close()
 

@@ -33,7 +33,7 @@ class CameraFrame(Target):
     rules); ValueError only."""
 
     name = "camera.frame"
-    share = 0.15
+    share = 0.2
     allowed = (ValueError,)
     on_loop = False
     hang_s = 60.0

@@ -77,8 +77,11 @@ def _mutate(rng: random.Random, node: Any, depth: int = 0) -> Any:
 
 
 class Commands(Target):
+    """Signed and unsigned requests into ``CommandChannel.on_message`` of a real Agent: each ends
+    exactly once, is answered at most once, within the loop budget (see the module docstring)."""
+
     name = "commands"
-    share = 2.0
+    share = 2
     on_loop = True
 
     def setup(self, workdir: Path) -> None:

@@ -101,7 +101,7 @@ class Config(Target):
     sample): ConfigError only, whatever the bytes."""
 
     name = "config"
-    share = 0.3
+    share = 0.25
     on_loop = False
 
     def setup(self, workdir: Path) -> None:
@@ -122,7 +122,7 @@ class Manifest(Target):
     """``models.manifest.load_manifest`` on a mutated model manifest: ModelError only."""
 
     name = "model.manifest"
-    share = 1.0
+    share = 0.25
     on_loop = False
 
     def setup(self, workdir: Path) -> None:

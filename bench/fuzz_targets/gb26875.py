@@ -89,7 +89,7 @@ def stream_input(rng: random.Random) -> bytes:
     if pick < 0.003:   # a peer streaming one pattern: up to the largest UDP datagram
         pattern = rng.choice((b"@@", b"@", b"@@" + bytes(28), rng.choice(frames), mutate_bytes(rng, rng.choice(frames))))
         size = rng.choice((4096, 16384, 65507))
-        return (pattern * (size // len(pattern) + 1))[:size]
+        return (pattern * (size // max(1, len(pattern)) + 1))[:size]
     if pick < 0.1:
         return random_bytes(rng, 1100)
     if pick < 0.35:
@@ -112,7 +112,7 @@ class DeframerTarget(Target):
     hands over at once (a TCP or serial read, a UDP datagram), each one callback on the loop."""
 
     name = "gb26875.deframer"
-    share = 14.0
+    share = 16
 
     def setup(self, workdir: Path) -> None:
         from firmware_bridges.gb26875 import frame, transport
@@ -149,7 +149,7 @@ class AppDataTarget(Target):
     """``appdata.parse`` (lenient, then strict) and its JSON view ``unit_dict``: AppDataError only."""
 
     name = "gb26875.appdata"
-    share = 12.0
+    share = 12
 
     def setup(self, workdir: Path) -> None:
         from firmware_bridges.gb26875 import appdata
@@ -190,7 +190,7 @@ class ChannelTarget(Target):
     (confirm or deny). Each read or datagram is one callback on the event loop."""
 
     name = "gb26875.channel"
-    share = 10.0
+    share = 15
 
     def setup(self, workdir: Path) -> None:
         from agent.config import DeviceConfig
@@ -262,7 +262,7 @@ class Decode(Target):
     result must print as the CLI prints it."""
 
     name = "gb26875.decode"
-    share = 3.0
+    share = 5
     allowed = (ValueError,)
     on_loop = False
 

@@ -142,7 +142,7 @@ class Framer(Target):
     transports read (one read is one callback on the event loop)."""
 
     name = "hj212.framer"
-    share = 14.0
+    share = 16
 
     def setup(self, workdir: Path) -> None:
         from firmware_bridges.hj212 import frame
@@ -176,7 +176,7 @@ class StationTarget(Target):
     and event; every answer written back must be a valid frame with a valid header."""
 
     name = "hj212.station"
-    share = 10.0
+    share = 15
 
     def setup(self, workdir: Path) -> None:
         import yaml
@@ -241,7 +241,7 @@ class Decode(Target):
     ``\\r\\n``, or as hex. ValueError only; what it returns must print as the CLI prints it."""
 
     name = "hj212.decode"
-    share = 3.0
+    share = 5
     allowed = (ValueError,)
     on_loop = False
 

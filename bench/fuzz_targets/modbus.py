@@ -34,7 +34,7 @@ class Codec(Target):
     raise struct.error (the bus counts that as garbage from the unit); nothing else."""
 
     name = "modbus.codec"
-    share = 6.0
+    share = 4
     allowed = (struct.error,)
 
     def setup(self, workdir: Path) -> None:
@@ -96,7 +96,7 @@ class Answer(Target):
     ``modbus`` boundary."""
 
     name = "modbus.answer"
-    share = 6.0
+    share = 6
 
     def setup(self, workdir: Path) -> None:
         from pymodbus.exceptions import ModbusException

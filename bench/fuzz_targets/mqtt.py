@@ -96,8 +96,11 @@ class _Connection:
 
 
 class MqttPacket(Target):
+    """Server-to-client packets from a fake broker into the real MqttUplink: it acknowledges the
+    probe after them or reconnects, never stalls or ends (see the module docstring)."""
+
     name = "mqtt.packet"
-    share = 0.15
+    share = 0.2
     on_loop = True
 
     def setup(self, workdir: Path) -> None:

@@ -28,7 +28,7 @@ class Answer(Target):
     anything else would be counted on the ``ntcip`` boundary by the polling loop."""
 
     name = "ntcip.answer"
-    share = 4.0
+    share = 4
 
     def setup(self, workdir: Path) -> None:
         from pyasn1.codec.ber import encoder
