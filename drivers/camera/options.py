@@ -389,6 +389,10 @@ def resolve_manifest(value: str, config_dir: Any = None) -> Path:
         candidate = MODELS_DIR / value / "manifest.yaml"
     else:
         candidate = path if path.is_absolute() or not config_dir else Path(config_dir) / path
-    if not candidate.is_file():
-        raise ValueError(f"model {value!r}: no manifest at {candidate}")
+    try:
+        found = candidate.is_file()
+    except OSError:   # a name too long for a file name (ENAMETOOLONG) escaped load_config (bench/fuzz.py)
+        found = False
+    if not found:
+        raise ValueError(f"model {reprlib.repr(value)}: no manifest at {reprlib.repr(str(candidate))}")
     return candidate

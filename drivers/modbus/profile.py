@@ -290,7 +290,11 @@ def find_profile(name: str, search_dirs: list[Path]) -> Path:
             raise ProfileNotFound(f"profile {name!r} is not a valid name (letters, digits, _ . -)")
         candidates = [d / f"{name}{suffix}" for d in search_dirs for suffix in (".yaml", ".yml")]
     for candidate in candidates:
-        if candidate.is_file():
+        try:
+            found = candidate.is_file()
+        except OSError:   # a name too long for a file name (ENAMETOOLONG) escaped load_config (bench/fuzz.py)
+            found = False
+        if found:
             return candidate.resolve()
     where = ", ".join(str(d) for d in search_dirs)
     available = sorted({p.stem for d in search_dirs if d.is_dir() for p in d.glob("*.y*ml")})
