@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name in names:
             cls = target_class(name)
-            allowed = ", ".join(e.__name__ for e in cls.allowed) or "nothing"
+            allowed = ", ".join(e.__qualname__ if e.__module__ == "builtins" else f"{e.__module__}.{e.__qualname__}"
+                                for e in cls.exceptions()) or "nothing"
             doc = " ".join((cls.__doc__ or "").split())
             print(f"{name:<18} share {cls.share:<6g} raises: {allowed}; "
                   f"{'event loop: 50 ms CPU per input' if cls.on_loop else 'not on the event loop'}\n    {doc}")

@@ -2,9 +2,10 @@
 
 A :class:`Target` is one place where bytes from outside enter the agent. It makes inputs
 (``generate``), feeds one to the code under test (``feed``) and declares its contract: which
-exception types the code may raise (``allowed``) and whether it runs on the event loop (then one
-input may cost at most 50 ms of CPU, DESIGN.md). What else it checks (outputs the uplink cannot
-carry, a request answered twice ...) it reports through ``self.problem(...)``.
+exception types the code may raise (``allowed``, or ``exceptions()``) and whether it runs on the
+event loop (then one input may cost at most 50 ms of CPU, DESIGN.md). What else it checks
+(outputs the uplink cannot carry, a request answered twice ...) it judges in ``check`` after the
+input, untimed, and reports through ``self.problem(...)``.
 
 A finding is any of:
 
@@ -112,6 +113,12 @@ class Target:
         # set by ``feed`` of a target that drives an event loop itself: the CPU of its longest
         # callback for this input (what the 50 ms budget is about), instead of the whole feed
         self.handler_cpu: float | None = None
+
+    @classmethod
+    def exceptions(cls) -> tuple[type[BaseException], ...]:
+        """The exception types the contract allows: ``allowed``, or a method of the target's
+        where naming them means importing its family."""
+        return cls.allowed
 
     def setup(self, workdir: Path) -> None:
         """Heavy imports and state, once per worker (not timed)."""
@@ -229,10 +236,12 @@ class Runner:
         return self.results
 
     def close(self) -> None:
-        """Put back what the run changed in the process (the boundary hook, SIGALRM)."""
+        """Put back what the run changed in the process (the boundary hook, SIGALRM, the frozen
+        objects)."""
         self.tap.uninstall()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._previous_alarm)
+        gc.unfreeze()
 
     def batch(self, target: Target, count: int, deadline: float) -> int:
         rng = self.rngs[target.name]
@@ -260,7 +269,7 @@ class Runner:
         if exc is not None:
             if isinstance(exc, Hang):
                 found.append(self._finding(target, case, "hang", "Hang", f"still running after {target.hang_s:g}s", exc))
-            elif isinstance(exc, Violation) or not isinstance(exc, target.allowed):
+            elif isinstance(exc, Violation) or not isinstance(exc, target.exceptions()):
                 found.append(self._finding(target, case, "exception", type(exc).__name__, str(exc), exc))
         for name, error, _, where in list(failures):
             found.append(self._finding(target, case, "boundary", f"{name}: {type(error).__name__}",

@@ -104,9 +104,13 @@ class Config(Target):
     share = 0.25
     on_loop = False
 
+    @classmethod
+    def exceptions(cls) -> tuple[type[BaseException], ...]:
+        from agent.config import ConfigError
+        return (ConfigError,)
+
     def setup(self, workdir: Path) -> None:
-        from agent.config import ConfigError, load_config
-        self.allowed = (ConfigError,)   # type: ignore[misc]
+        from agent.config import load_config
         self.load = load_config
         self.path = workdir / "gateway.yaml"
 
@@ -125,9 +129,13 @@ class Manifest(Target):
     share = 0.25
     on_loop = False
 
+    @classmethod
+    def exceptions(cls) -> tuple[type[BaseException], ...]:
+        from models.manifest import ModelError
+        return (ModelError,)
+
     def setup(self, workdir: Path) -> None:
-        from models.manifest import ModelError, load_manifest
-        self.allowed = (ModelError,)   # type: ignore[misc]
+        from models.manifest import load_manifest
         self.load = load_manifest
         self.path = workdir / "manifest.yaml"
 

@@ -98,8 +98,14 @@ class Answer(Target):
     name = "modbus.answer"
     share = 6
 
-    def setup(self, workdir: Path) -> None:
+    @classmethod
+    def exceptions(cls) -> tuple[type[BaseException], ...]:
         from pymodbus.exceptions import ModbusException
+
+        from drivers.modbus.bus import NoAnswer
+        return (ModbusException, NoAnswer,)
+
+    def setup(self, workdir: Path) -> None:
         from pymodbus.framer import FramerRTU, FramerSocket
         from pymodbus.pdu import DecodePDU, ExceptionResponse
         from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse
@@ -111,7 +117,6 @@ class Answer(Target):
         from drivers.modbus.options import Options
 
         self.sink = CheckingSink(self.problem)
-        self.allowed = (ModbusException, bus.NoAnswer)   # type: ignore[misc]
         self.framers = {"socket": FramerSocket(DecodePDU(False)), "rtu": FramerRTU(DecodePDU(False))}
         self.responses = {"holding_register": ReadHoldingRegistersResponse, "input_register": ReadInputRegistersResponse,
                           "coil": ReadCoilsResponse, "discrete_input": ReadDiscreteInputsResponse}

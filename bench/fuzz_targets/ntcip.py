@@ -30,6 +30,11 @@ class Answer(Target):
     name = "ntcip.answer"
     share = 4
 
+    @classmethod
+    def exceptions(cls) -> tuple[type[BaseException], ...]:
+        from firmware_bridges.signal_controller.errors import NoAnswer, Refused
+        return (NoAnswer, Refused,)
+
     def setup(self, workdir: Path) -> None:
         from pyasn1.codec.ber import encoder
         from pysnmp.proto import rfc1902, rfc1905
@@ -37,11 +42,9 @@ class Answer(Target):
         from agent.config import DeviceConfig
         from bench.fuzz_targets.sink import CheckingSink
         from firmware_bridges.signal_controller import DRIVER
-        from firmware_bridges.signal_controller.errors import NoAnswer, Refused
         from firmware_bridges.signal_controller.ntcip import SnmpClient
         from firmware_bridges.signal_controller.runner import SignalRunner
 
-        self.allowed = (NoAnswer, Refused)   # type: ignore[misc]
         self.encoder, self.rfc1902, self.rfc1905 = encoder, rfc1902, rfc1905
         self.sink = CheckingSink(self.problem)
         sample = yaml.safe_load((seeds.REPO / "firmware_bridges" / "signal_controller" / "sample.yaml").read_text())
