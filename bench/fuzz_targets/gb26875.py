@@ -189,8 +189,9 @@ class _DatagramTransport:
 class ChannelTarget(Target):
     """``Channel.receive`` with two devices (address 889 with named systems, 890), their
     FireState kept across inputs, fed as the transports feed it: reads of at most
-    ``transport.READ_SIZE`` bytes of one stream (TCP, serial), or whole datagrams through the UDP
-    protocol. Readings and events are checked by the sink; answers must be frames that parse
+    ``transport.READ_SIZE`` bytes of one stream (TCP, serial; a new connection, so a new
+    deframer, for each input: a finding's bytes hold its frames), or whole datagrams through the
+    UDP protocol. Readings and events are checked by the sink; answers must be frames that parse
     (confirm or deny). Each read or datagram is one callback on the event loop."""
 
     name = "gb26875.channel"
@@ -248,6 +249,7 @@ class ChannelTarget(Target):
             for device in self.channel.devices:
                 device.state._seen.clear()   # noqa: SLF001 - as if dedupe_window had passed
         mode, chunks = case
+        self.deframer = self.frame.Deframer()
         for chunk in chunks:
             started = time.thread_time()
             if mode == "datagram":
@@ -266,9 +268,6 @@ class ChannelTarget(Target):
                 continue
             if parsed.command not in (3, 6):
                 self.problem("answer is neither confirm nor deny", answer.hex())
-
-    def recover(self) -> None:
-        self.deframer = self.frame.Deframer()
 
 
 class Decode(Target):
