@@ -118,8 +118,11 @@ class Agent:
     def buffer_stats(self) -> dict[str, Any]:
         return self.snapshot()["buffer"]
 
-    def apply_config(self, request_id: str, args: dict[str, Any]) -> None:
-        config_apply.prepare(self.config, self.config_path, request_id, args, self.request_restart)
+    async def apply_config(self, request_id: str, args: dict[str, Any]) -> None:
+        # validating a config (YAML, profiles, models) takes 50-150 ms of CPU: off the loop (found
+        # by bench/fuzz.py); the restart is asked for back on it
+        await asyncio.to_thread(config_apply.prepare, self.config, self.config_path, request_id, args)
+        self.request_restart()
 
     def publish_result(self, request_id: str, body: dict[str, Any]) -> None:
         self.outbox.put(Priority.ALARM, self.topic(f"cmd_result/{request_id}"), body)

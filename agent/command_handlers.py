@@ -62,7 +62,7 @@ async def buffer_stats(ctx: RequestContext, args: dict[str, Any]) -> dict[str, A
 
 async def apply_config(ctx: RequestContext, args: dict[str, Any]) -> Any:
     """Validated, installed, restarted on; answered once the new config is up or rolled back."""
-    ctx.site.apply_config(ctx.request_id, args)
+    await ctx.site.apply_config(ctx.request_id, args)
     return DEFERRED
 
 

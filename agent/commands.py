@@ -59,7 +59,7 @@ class CommandSite(Protocol):
 
     def buffer_stats(self) -> dict[str, Any]: ...
 
-    def apply_config(self, request_id: str, args: dict[str, Any]) -> None:
+    async def apply_config(self, request_id: str, args: dict[str, Any]) -> None:
         """Validate and install a new config, then restart on it (agent/config_apply.py)."""
         ...
 

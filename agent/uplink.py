@@ -328,8 +328,14 @@ class MqttUplink:
         if self.on_command is None:
             return
         try:
-            self.on_command(message.topic, message.payload)
-        except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py (a topic of invalid UTF-8 too)
+            topic = message.topic
+        except UnicodeDecodeError:
+            # a topic that is not UTF-8 (malformed MQTT from the broker) is junk like any other: the
+            # command channel refuses it; it was counted as a bug on mqtt.cmd (found by bench/fuzz.py)
+            topic = message._topic.decode("utf-8", "replace")   # paho keeps the bytes only there
+        try:
+            self.on_command(topic, message.payload)
+        except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py
             INCOMING.failed(exc, message.payload, where="cmd/#")
 
     # -- connected life ------------------------------------------------------------------------

@@ -22,10 +22,10 @@ This module imports neither onnxruntime nor OpenCV.
 from __future__ import annotations
 
 import hashlib
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from agent.core.config import Strict
@@ -118,27 +118,25 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest. Raises ModelError naming the file, key path and expectation."""
+    from agent.core.config import ConfigError, read_yaml   # the config's YAML reader and its limits
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        path.stat()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the model manifest ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise ModelError(f"{path}: not UTF-8 (byte offset {exc.start}); save the manifest as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ModelError(f"{path}: not valid YAML: {exc}") from exc
-    except RecursionError:
-        raise ModelError(f"{path}: nested too deeply to be a manifest") from None
+        data, _ = read_yaml(path, "a manifest")
+    except ConfigError as exc:
+        raise ModelError("; ".join(exc.problems)) from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a mapping of manifest keys, found {type(data).__name__}")
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         problems = [f"{path}: {_key_path(e['loc'])}: {e['msg']}" + (
-            f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) else "")
-            for e in exc.errors()]
+            f" (got {reprlib.repr(e['input'])})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict)
+            else "") for e in exc.errors()]
         raise ModelError("invalid model manifest:\n  " + "\n  ".join(problems)) from None
     return manifest.model_copy(update={"path": path})
 

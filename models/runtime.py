@@ -52,14 +52,17 @@ def resolve_manifest(ref: str | Path) -> Path:
     """A config's model reference -> its manifest: a path to a manifest (.yaml/.yml) or to a folder
     holding manifest.yaml, or the name of a shipped model (``vehicles`` -> models/vehicles/manifest.yaml)."""
     p = Path(ref).expanduser()
-    if p.is_file():
-        return p
-    if p.is_dir() and (p / "manifest.yaml").is_file():
-        return p / "manifest.yaml"
-    if isinstance(ref, str) and "/" not in ref and not ref.endswith((".yaml", ".yml")):
-        shipped = MODELS_DIR / ref / "manifest.yaml"
-        if shipped.is_file():
-            return shipped
+    try:   # OSError: a name too long for a file name (ENAMETOOLONG) is no manifest either
+        if p.is_file():
+            return p
+        if p.is_dir() and (p / "manifest.yaml").is_file():
+            return p / "manifest.yaml"
+        if isinstance(ref, str) and "/" not in ref and not ref.endswith((".yaml", ".yml")):
+            shipped = MODELS_DIR / ref / "manifest.yaml"
+            if shipped.is_file():
+                return shipped
+    except OSError:
+        pass
     raise ModelError(f"model {str(ref)!r}: no such manifest file, and no shipped model of that name "
                      f"(shipped: {', '.join(shipped_models()) or 'none'})")
 

@@ -244,3 +244,30 @@ def test_a_second_box_on_a_tracked_person_starts_no_track_but_a_car_behind_a_bus
     for i in range(5):
         tracker.update([Det("bus", 0.9, (100, 100, 400, 260)), Det("car", 0.9, (150, 120, 250, 200))], i / 10)
     assert len(tracker.tracks) == 2 and tracker.duplicates == 0
+
+
+def test_the_pipeline_refuses_frames_that_are_not_8_bit_bgr_and_takes_any_size_that_is():
+    """Found by bench/fuzz.py: a float or bool frame failed inside OpenCV (cv2.error) and a frame
+    0 pixels wide with ZeroDivisionError, both in the motion gate; the pipeline's own check now
+    refuses them with ValueError. A 1x1 8-bit frame goes through."""
+    import numpy as np
+    import pytest
+
+    from drivers.camera.options import Options
+    from drivers.camera.pipeline import Pipeline
+    from drivers.camera.reader import RawFrame
+
+    class NoDetections:
+        def detect(self, image):
+            return []
+
+    options = Options.model_validate({"url": "rtsp://127.0.0.1:1/x", "model": "vehicles",
+                                      "evidence": {"clip_format": "none", "plate": False}})
+    pipeline = Pipeline("t", options, None, NoDetections, None, lambda kind, payload: None)
+    pipeline.detector = NoDetections()
+    for bad in (np.zeros((360, 640, 3), np.float64), np.zeros((360, 640, 3), bool), np.zeros((480, 0, 3), np.uint8),
+                np.zeros((360, 640), np.uint8), np.zeros((360, 640, 4), np.uint8)):
+        with pytest.raises(ValueError, match="8-bit BGR expected"):
+            pipeline.process(RawFrame(1, 1000.0, bad))
+    for seq, shape in enumerate(((1, 1, 3), (2, 3, 3), (720, 1280, 3)), start=2):
+        assert pipeline.process(RawFrame(seq, 1000.0 + seq, np.zeros(shape, np.uint8))) == []

@@ -93,3 +93,20 @@ def test_keys_kept_for_on_site_are_refused(running, change):
     change(new)
     answer = result(centre, apply(centre, new))
     assert answer["ok"] is False and answer["error"]["code"] == "locked_keys"
+
+
+def test_a_config_of_16_kib_is_validated_off_the_event_loop(running):
+    """Found by bench/fuzz.py: validating a signed config.apply of 14 KiB (YAML, 124 devices and
+    their profiles) held the agent's event loop for 120 ms. It runs in a worker thread now; the
+    agent's loop budget is checked when it stops (AgentProcess.stop)."""
+    centre, agent, config = running
+    new = yaml.safe_load(config.read_text())
+    base = new["devices"][0]
+    new["devices"] += [dict(base, id=f"aq-{unit:03d}", unit=unit) for unit in range(2, 125)]
+    new["devices"][-1]["profile"] = "no_such_profile"   # everything is validated, then refused
+    text = yaml.safe_dump(new)
+    assert 10_000 < len(text) < 14_500   # the request stays under commands.max_bytes (16 KiB)
+    answer = result(centre, apply(centre, new))
+    assert answer["ok"] is False and answer["error"]["code"] == "invalid_config", answer
+    assert "no_such_profile" in answer["error"]["message"]
+    agent.wait_status(lambda s: s["commands"]["failed"] == 1 and not s["commands"]["refused"], 5)

@@ -344,6 +344,25 @@ def test_udp():
     run_bridge([device(udp={"host": "127.0.0.1", "port": port})], body)
 
 
+def test_a_udp_datagram_of_noise_never_holds_the_event_loop():
+    """Found by bench/fuzz.py: a 64 KiB datagram of '@' cost the deframer 200 ms on the event
+    loop; a datagram longer than MAX_DATAGRAM is now dropped unread and counted (the loop_budget
+    fixture fails this test on any callback over 50 ms of CPU). A fire after it still arrives."""
+    port = free_port()
+
+    async def body(sink: ListSink, runners: list[Any]) -> None:
+        await asyncio.sleep(0.2)   # the bridge binds first
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as noise:
+            noise.sendto(b"@" * 65000, ("127.0.0.1", port))
+        await until(lambda: runners[0].stats()["fire-01"]["bad_frames"] == 1, what="the datagram counted")
+        assert "dropped unread" in runners[0].stats()["fire-01"]["last_error"]
+        with FirePanel().udp("127.0.0.1", port) as panel:
+            await confirmed(panel, panel.fire())
+            assert [e.type for _, e in sink.got_events] == ["fire.alarm"]
+
+    run_bridge([device(udp={"host": "127.0.0.1", "port": port})], body)
+
+
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
 def test_serial_over_a_pty_pair():
     from tests.hardware_sim.modbus_sim import PtyPair

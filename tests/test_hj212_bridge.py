@@ -332,6 +332,36 @@ def test_slow_loris_and_oversize_clients_do_not_block_a_good_logger():
     asyncio.run(scenario())
 
 
+def test_a_peer_streaming_frame_headers_never_holds_the_event_loop():
+    """Found by bench/fuzz.py: 256 KiB of ``##1000`` in one read cost the framer 330 ms on the
+    event loop; one callback now takes at most READ_SIZE bytes (the loop_budget fixture fails
+    this test on any callback over 50 ms of CPU). The peer is still closed as a flood.
+
+    The flood allocates an error object per '##': the test session's heap (every test module's
+    imports) is frozen meanwhile, so a full collection of it, 40-50 ms here and not the framer's
+    cost, cannot land in one of these callbacks."""
+    import gc
+
+    async def scenario():
+        sink = Sink()
+        async with Running([device()], sink) as running:
+            listener: TcpListener = running.runner   # type: ignore[assignment]
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(b"##1000" * (300 * 1024 // 6))
+            await until(lambda: listener.router.stats.flooded == 1, 10)
+            good = await running.logger()
+            assert await good.send_realtime() is not None
+            await good.close()
+            writer.close()
+
+    gc.collect()
+    gc.freeze()
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.unfreeze()
+
+
 def test_max_connections_makes_room_by_dropping_silent_peers():
     async def scenario():
         sink = Sink()

@@ -243,3 +243,18 @@ def test_config_errors_for_profile_and_options(tmp_path):
     assert f"{path}:3: devices[0].connection.timeout: timeout must be between 50ms and 10s" in text
     assert f"{path}:3: devices[0].unit: unit 0 is the broadcast address" in text
     assert f"{path}:4: devices[1].connection.parity:" in text
+
+
+def test_a_device_config_with_a_manual_addressing_profile_loads(tmp_path):
+    """Found building bench/fuzz.py's modbus targets: pydantic runs the profile's validator again
+    when the loaded profile goes into a device's Options, and the second run read the converted
+    protocol addresses as manual ones, so no config could use the shipped fire_panel_gateway."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text("gateway: {id: gw-1, site: lab}\n"
+                      "devices:\n"
+                      "  - {id: fp-1, driver: modbus, connection: {type: tcp, host: 192.0.2.1, port: 502},\n"
+                      "     unit: 1, profile: fire_panel_gateway}\n")
+    profile = load_config(config).devices[0].options.profile
+    by_name = {p.name: p for p in profile.points}
+    assert (by_name["fire_alarm"].table, by_name["fire_alarm"].address) == ("discrete_input", 0)
+    assert (by_name["event_counter"].table, by_name["event_counter"].address) == ("input_register", 9)

@@ -8,6 +8,7 @@ onnxruntime through ``Detector``."""
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -556,3 +557,19 @@ def test_class_thresholds_apply_per_class_before_nms(tmp_path):
     assert found(class_agnostic_nms=True, class_thresholds={"car": 0.9}) == [("bus", 0.72), ("truck", 0.63)]
     with pytest.raises(ModelError, match="class_thresholds.*'person' is not one of the labels"):
         found(class_thresholds={"person": 0.5})
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("text, says", [
+    ("b0: &b0 [a, a, a, a, a, a, a, a, a]\n" + "".join(
+        f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 9)) + "notes: *b8\n", "expand to more than"),
+    ("name: x\ntrained_on: 2024-13-45\n", "month must be in 1..12"),
+    ("name: x\nfile: " + "9" * 5000 + "\n", "integer string conversion"),
+])
+def test_manifest_yaml_python_cannot_build_is_a_model_error(tmp_path, text, says):
+    """Found by bench/fuzz.py: a constructor's ValueError escaped load_manifest, and an alias bomb
+    hung it (the error message quoted every expanded value)."""
+    path = tmp_path / "manifest.yaml"
+    path.write_text(text)
+    with pytest.raises(ModelError, match=re.escape(says)):
+        load_manifest(path)

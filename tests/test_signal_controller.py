@@ -200,6 +200,22 @@ def test_ntcip_group_bits_follow_the_mib_numbering():
     assert vehicles[1].value == "green" and vehicles[1].conflict
 
 
+def test_ntcip_answers_of_a_type_the_mib_does_not_have_fail_the_poll_as_the_controllers_fault():
+    """Found by bench/fuzz.py: an OBJECT IDENTIFIER answered for a phase group (arcs above 255)
+    raised ValueError in _value, and every poll failed as an internal error of the agent."""
+    from pysnmp.proto import rfc1902, rfc1905
+
+    from firmware_bridges.signal_controller.errors import BadAnswer, Refused
+    from firmware_bridges.signal_controller.ntcip import _value
+
+    assert _value(rfc1902.Integer32(0x55)) == 0x55 and _value(rfc1902.Counter64(2**64 - 1)) == 2**64 - 1
+    assert _value(rfc1902.OctetString(b"\x05")) == b"\x05" and _value(rfc1905.NoSuchInstance("")) is None
+    for wrong in (rfc1902.ObjectIdentifier((1, 3, 6, 1418228434)), rfc1902.Null("")):
+        with pytest.raises(BadAnswer, match="where NTCIP 1202 has an INTEGER"):
+            _value(wrong)
+    assert issubclass(BadAnswer, Refused)   # the poll loop's own failure path, not the ntcip boundary
+
+
 def test_lamp_decoder_tells_a_flashing_hand_from_a_steady_one():
     decoder = LampDecoder([2], [2])
     seen = []

@@ -168,3 +168,24 @@ def test_protocol_pinned_to_5_does_not_fall_back(tmp_path, broker):
         assert uplink.stats.acked == 0 and proxy.refused >= 2
     finally:
         proxy.close()
+
+
+def test_a_command_topic_that_is_not_utf8_is_handed_on_as_junk_not_counted_as_a_bug(tmp_path):
+    """Found by bench/fuzz.py (a hostile broker): paho decodes a PUBLISH's topic when asked, and
+    one that is not UTF-8 raised UnicodeDecodeError in the uplink's on_message, counted on the
+    mqtt.cmd boundary as a bug. The command channel gets it (and refuses it) like other junk."""
+    from paho.mqtt.client import MQTTMessage
+
+    from agent.core import boundary
+
+    outbox = Outbox(tmp_path / "outbox.db", gateway_id="gw-1", max_bytes=2**20)
+    uplink = MqttUplink(Mqtt(), Gateway(id="gw-1", site="lab"), outbox, birth=dict)
+    got: list[tuple[object, object]] = []
+    uplink.on_command = lambda topic, payload: got.append((topic, payload))
+    before = boundary.boundary("mqtt.cmd").failures
+    message = MQTTMessage(topic=b"citybrain/v1/lab/gw-1/cmd/device.re\xf2d")
+    message.payload = b"{}"
+    uplink._on_message(None, None, message)
+    assert got == [("citybrain/v1/lab/gw-1/cmd/device.re\ufffdd", b"{}")]
+    assert boundary.boundary("mqtt.cmd").failures == before
+    outbox.close()

@@ -195,8 +195,48 @@ def format_validation_error(file: Path, root: yaml.Node | None, error: Validatio
     return problems
 
 
-def read_yaml(file: Path) -> tuple[Any, yaml.Node | None]:
-    """Parse a YAML file; raise ConfigError naming the file and line on a syntax error."""
+MAX_YAML_VALUES = 100_000   # values a config file may hold once its aliases are expanded
+
+
+def _expanded_values(root: yaml.Node) -> int:
+    """How many values (scalars and collections) the document holds once every alias is expanded;
+    more than MAX_YAML_VALUES for an alias that contains itself. Counted on the node graph, shared
+    nodes once each, so a 'billion laughs' of ten lines costs ten lines here."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            return MAX_YAML_VALUES + 1
+        open_.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_VALUES:
+                break
+        open_.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def read_yaml(file: Path, what: str = "a config") -> tuple[Any, yaml.Node | None]:
+    """Parse a YAML file; raise ConfigError naming the file and line on a syntax error.
+
+    Besides syntax, refused as ConfigError (never another exception, found by bench/fuzz.py):
+    values Python cannot build (``2024-13-45``, an integer of 5000 digits, ``!!int 0x``), aliases
+    that expand beyond MAX_YAML_VALUES or contain themselves (validation and its messages would
+    walk every expanded value: an alias bomb of nine lines hung the loader), nesting too deep."""
     try:
         raw = file.read_bytes()
     except OSError as exc:
@@ -210,13 +250,18 @@ def read_yaml(file: Path) -> tuple[Any, yaml.Node | None]:
                            "save the file as UTF-8"]) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_values(root) > MAX_YAML_VALUES:
+            raise ConfigError([f"{file}: its aliases (*name) expand to more than {MAX_YAML_VALUES} values, "
+                               f"or contain themselves: too much to be {what}"])
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark else str(file)
         raise ConfigError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
+    except (ValueError, OverflowError) as exc:   # a constructor's: a date, an integer Python refuses
+        raise ConfigError([f"{file}: not valid YAML (a value cannot be read: {str(exc)[:120]})"]) from None
     except RecursionError:
-        raise ConfigError([f"{file}: nested too deeply to be a config"]) from None
+        raise ConfigError([f"{file}: nested too deeply to be {what}"]) from None
     return data, root
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 from typing import Annotated
 
 from pydantic import BeforeValidator
@@ -16,17 +18,28 @@ _SIZE_SCALE = {
 }
 
 
+def _shown(value: object) -> str:
+    """The value as an error message may quote it: bounded (a YAML alias can make it huge)."""
+    return reprlib.repr(value)
+
+
 def parse_duration(value: object) -> float:
-    """Seconds from a number (seconds) or a string such as '250ms', '1s', '5m', '2h'."""
+    """Seconds from a number (seconds) or a string such as '250ms', '1s', '5m', '2h'. A number
+    too large for a float (an integer of 400 digits raised OverflowError, found by bench/fuzz.py)
+    or not finite is refused like any other bad duration."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '500ms', '1s' or '5m'")
     if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"expected a duration such as '500ms', '1s' or '5m', got {value!r}")
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _DURATION_SCALE[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as '500ms', '1s' or '5m', got {_shown(value)}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{_shown(value)} is not a duration a gateway can wait")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -38,12 +51,14 @@ def parse_size(value: object) -> int:
         raise ValueError("expected a size such as '64MiB' or '2GiB'")
     if isinstance(value, int):
         size = value
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise ValueError(f"expected a size such as '64MiB' or '2GiB', got {value!r}")
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
         unit = match.group(2).lower() if match.group(2) else None
-        size = int(float(match.group(1)) * _SIZE_SCALE[unit])
+        number = float(match.group(1)) * _SIZE_SCALE[unit]
+        if not math.isfinite(number):   # int(inf) raises OverflowError
+            raise ValueError(f"{_shown(value)} is not a size a gateway can have")
+        size = int(number)
+    else:
+        raise ValueError(f"expected a size such as '64MiB' or '2GiB', got {_shown(value)}")
     if size <= 0:
         raise ValueError("a size must be positive")
     return size

@@ -19,6 +19,7 @@ load: a polygon needs three points, a line two different ones, a direction a len
 from __future__ import annotations
 
 import math
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
@@ -36,10 +37,18 @@ Pt = tuple[float, float]
 
 
 def _point(value: Any) -> Pt:
+    """[x, y] in pixels. A coordinate that is no finite float (an integer of 400 digits raised
+    OverflowError out of the config loader, found by bench/fuzz.py; inf, nan) is refused."""
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise ValueError(f"expected a point [x, y] in pixels, got {value!r}")
-    return (float(value[0]), float(value[1]))
+        raise ValueError(f"expected a point [x, y] in pixels, got {reprlib.repr(value)}")
+    try:
+        x, y = float(value[0]), float(value[1])
+    except OverflowError:
+        x = y = math.inf
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"expected a point [x, y] in pixels, got {reprlib.repr(value)}")
+    return (x, y)
 
 
 def _line(value: Any) -> tuple[Pt, Pt]:
@@ -228,9 +237,10 @@ def _rule(value: Any) -> Any:
         return value
     if not isinstance(value, dict):
         raise ValueError(f"expected a rule mapping with a 'type' ({', '.join(_RULES)})")
-    model = _RULES.get(value.get("type"))  # type: ignore[arg-type]
+    kind = value.get("type")
+    model = _RULES.get(kind) if isinstance(kind, str) else None   # a list as the type was unhashable: TypeError
     if model is None:
-        raise ValueError(f"rule type must be one of {', '.join(_RULES)}, got {value.get('type')!r}")
+        raise ValueError(f"rule type must be one of {', '.join(_RULES)}, got {reprlib.repr(kind)}")
     return model.model_validate(value)
 
 
@@ -376,6 +386,10 @@ def resolve_manifest(value: str, config_dir: Any = None) -> Path:
         candidate = MODELS_DIR / value / "manifest.yaml"
     else:
         candidate = path if path.is_absolute() or not config_dir else Path(config_dir) / path
-    if not candidate.is_file():
-        raise ValueError(f"model {value!r}: no manifest at {candidate}")
+    try:
+        found = candidate.is_file()
+    except OSError:   # a name too long for a file name (ENAMETOOLONG) escaped load_config (bench/fuzz.py)
+        found = False
+    if not found:
+        raise ValueError(f"model {reprlib.repr(value)}: no manifest at {reprlib.repr(str(candidate))}")
     return candidate

@@ -178,8 +178,11 @@ class Pipeline:
         """One frame through the gate, detector, tracker and rules (public for tests and benches)."""
         started = time.perf_counter()
         image = raw.image
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"unexpected frame shape {image.shape}")
+        # what the reader delivers is 8-bit BGR and never empty; anything else is refused here, not
+        # by OpenCV inside the motion gate (cv2.error for a float or bool frame, ZeroDivisionError
+        # for one 0 pixels wide: found by bench/fuzz.py)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
+            raise ValueError(f"unexpected frame: shape {image.shape}, {image.dtype} (8-bit BGR expected)")
         if self._shape is not None and image.shape != self._shape:
             log.warning("camera %s: frame size changed from %s to %s: tracks restart", self.name,
                         self._shape[1::-1], image.shape[1::-1])

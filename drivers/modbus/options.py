@@ -90,7 +90,8 @@ def _connection(value: Any) -> Any:
         return value
     if not isinstance(value, dict):
         raise ValueError("expected a mapping such as {type: tcp, host: ..., port: 502} or {type: rtu, port: /dev/ttyUSB0}")
-    model = _CONNECTIONS.get(value.get("type"))  # type: ignore[arg-type]
+    kind = value.get("type")
+    model = _CONNECTIONS.get(kind) if isinstance(kind, str) else None   # a mapping as the type: unhashable
     if model is None:
         raise ValidationError.from_exception_data("connection", [InitErrorDetails(
             type=PydanticCustomError("connection_type", "expected 'tcp' or 'rtu'"),

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agent.core.config import ConfigError, validate_yaml_file
@@ -142,6 +142,10 @@ class Profile(BaseModel):
     addressing: Literal["protocol", "manual"] = "protocol"
     max_gap: int = Field(default=8, ge=0, le=124)     # registers the planner may read through when merging
     points: list[Point] = Field(min_length=1)
+    # set once manual addresses are converted: pydantic runs this model's "after" validator again
+    # when a loaded profile is handed to a device's Options, and converting twice read protocol
+    # address 0 as a manual one (every device with the shipped fire_panel_gateway was refused)
+    _converted: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _resolve(self) -> "Profile":
@@ -152,8 +156,9 @@ class Profile(BaseModel):
             errors.append(InitErrorDetails(type=PydanticCustomError("profile", message),
                                            loc=("points", index, key), input=value))
 
+        addressing = "protocol" if self._converted else self.addressing
         for index, point in enumerate(self.points):
-            _resolve_address(self.addressing, index, point, error)
+            _resolve_address(addressing, index, point, error)
         if not errors:
             for index, point in enumerate(self.points):
                 _check_point_table(index, point, error)
@@ -161,6 +166,7 @@ class Profile(BaseModel):
             _check_names_and_overlaps(self.points, error)
         if errors:
             raise ValidationError.from_exception_data("Profile", errors)
+        self._converted = True
         return self
 
     def point(self, name: str) -> Point:
@@ -284,7 +290,11 @@ def find_profile(name: str, search_dirs: list[Path]) -> Path:
             raise ProfileNotFound(f"profile {name!r} is not a valid name (letters, digits, _ . -)")
         candidates = [d / f"{name}{suffix}" for d in search_dirs for suffix in (".yaml", ".yml")]
     for candidate in candidates:
-        if candidate.is_file():
+        try:
+            found = candidate.is_file()
+        except OSError:   # a name too long for a file name (ENAMETOOLONG) escaped load_config (bench/fuzz.py)
+            found = False
+        if found:
             return candidate.resolve()
     where = ", ".join(str(d) for d in search_dirs)
     available = sorted({p.stem for d in search_dirs if d.is_dir() for p in d.glob("*.y*ml")})

@@ -21,6 +21,7 @@ from agent.core.config import DeviceConfig
 from agent.core.driver import Runner
 from agent.core.model import DeviceSink
 from agent.core.transport import Limits, Link as KitLink, SerialTransport, TcpDialer, TcpServer, UdpPort
+from firmware_bridges.gb26875.frame import MAX_FRAME
 from firmware_bridges.gb26875.options import Options
 from firmware_bridges.gb26875.session import FRAMES, Channel, Link
 
@@ -66,7 +67,8 @@ class Gb26875Runner(Runner):
 
     def _transport(self) -> TcpServer | TcpDialer | UdpPort | SerialTransport:
         o = self.options
-        limits = Limits(idle_timeout=self.idle_timeout, frame_timeout=FRAME_TIMEOUT)
+        # a device puts a frame or a few in one datagram: four maximal ones at most
+        limits = Limits(idle_timeout=self.idle_timeout, frame_timeout=FRAME_TIMEOUT, max_datagram=4 * MAX_FRAME)
         common: dict[str, Any] = {"limits": limits, "backoff": o.reconnect, "clock": self.clock}
         if o.listen is not None:
             return TcpServer(o.listen.host, o.listen.port, self, **common)

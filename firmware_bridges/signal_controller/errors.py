@@ -18,6 +18,11 @@ class Refused(SignalError):
     """The controller answered with an error (SNMP error status, Modbus exception)."""
 
 
+class BadAnswer(Refused):
+    """The controller answered with a value these objects cannot have (an OBJECT IDENTIFIER where
+    NTCIP 1202 has an INTEGER): the poll fails as the controller's fault, not as the agent's bug."""
+
+
 class ControllerOffline(SignalError, ConnectionError):
     """A priority request on a controller that is not answering: nothing was asked of it."""
 

@@ -43,7 +43,7 @@ from agent.core import loopwatch
 from agent.core.backoff import Retry
 from agent.core.boundary import boundary
 from agent.core.model import now_ms
-from firmware_bridges.signal_controller.errors import NoAnswer, Refused
+from firmware_bridges.signal_controller.errors import BadAnswer, NoAnswer, Refused
 from firmware_bridges.signal_controller.options import NtcipConnection, Options
 from firmware_bridges.signal_controller.phases import ControllerStatus, decode_groups, group_of
 
@@ -211,14 +211,20 @@ def _auth_data(c: NtcipConnection) -> Any:
 
 
 def _value(value: Any) -> int | bytes | None:
+    """An integer (INTEGER, Counter, Gauge, TimeTicks), bytes (OCTET STRING and its kin), or None
+    when the controller has no such object. Any other type raises BadAnswer: an OBJECT
+    IDENTIFIER used to fall through to ``bytes()``, which raised ValueError for arcs above 255,
+    and every poll of that controller failed as an internal error (found by bench/fuzz.py)."""
+    from pyasn1.type import univ
     from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
     if isinstance(value, (NoSuchObject, NoSuchInstance, EndOfMibView)):
         return None
-    try:
+    if isinstance(value, univ.Integer):
         return int(value)
-    except (TypeError, ValueError):
+    if isinstance(value, univ.OctetString) and not isinstance(value, univ.Null):
         return bytes(value)
+    raise BadAnswer(f"the controller answered a {type(value).__name__} where NTCIP 1202 has an INTEGER")
 
 
 def _mask(value: int | bytes | None) -> int:

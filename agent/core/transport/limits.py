@@ -18,7 +18,12 @@ class Limits:
     write_limit: int = 64 * 1024       # TCP: answers the peer has not read before it is closed
     max_connections: int = 64          # TCP listen: peers at once (see TcpServer for who makes room)
     max_peers: int = 256               # UDP: senders remembered (the oldest is forgotten)
-    read_chunk: int = 64 * 1024        # serial: bytes read at once
+    # bytes handled in one callback: more held the loop (64 KiB of HJ 212 frame-like junk took
+    # 60-330 ms to cut, found by bench/fuzz.py); the rest of a burst waits for the next turn
+    read_chunk: int = 8 * 1024         # serial: bytes read at once
+    tcp_read: int = 8 * 1024           # TCP (see tcp.TcpLink)
+    max_datagram: int | None = None    # UDP: a longer datagram is dropped unread and counted (the family
+                                       # knows how many frames one may carry)
 
     @property
     def tick(self) -> float:

@@ -82,11 +82,17 @@ class LinkBase:
         dropped = self.session.framer.reset()
         self.partial_since = None
         if dropped:
-            try:
-                self.session.discarded(dropped, why)
-            except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py
-                self.bridge.guard.failed(exc, where=self.peer)
+            self.dropped(dropped, why)
         return dropped
+
+    def dropped(self, count: int, why: str) -> None:
+        """Tell the session that ``count`` bytes were thrown away, and why."""
+        if self.session is None:
+            return
+        try:
+            self.session.discarded(count, why)
+        except Exception as exc:   # noqa: BLE001 - see agent/core/boundary.py
+            self.bridge.guard.failed(exc, where=self.peer)
 
     def stalled(self, now: float) -> bool:
         """A frame has been incomplete longer than the frame timeout (slow-loris)."""
