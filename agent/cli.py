@@ -12,6 +12,12 @@ import orjson
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/config.yaml")
 
+# `run` exits with these when it cannot start. The systemd unit lists the two a restart cannot fix
+# in RestartPreventExitStatus=, so a bad config or a downgrade does not restart every 2 s.
+EXIT_OUTBOX = 1           # the outbox cannot be opened (corrupt, locked by another agent, disk)
+EXIT_CONFIG = 2           # the config (or a secret it names) is invalid: check-config's message
+EXIT_OUTBOX_TOO_NEW = 3   # the outbox was written by a newer agent: install that one again
+
 
 def _load(path: Path):
     from agent.config import ConfigError, load_config
@@ -89,10 +95,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.logs import setup_logging
     config = _load(args.config)
     if config is None:
-        return 2
+        return EXIT_CONFIG
     setup_logging(config.agent.log.format, config.agent.log.level)
     from agent.config import ConfigError
-    from agent.outbox import OutboxError
+    from agent.outbox import OutboxError, OutboxTooNew
     try:
         asyncio.run(_run_agent(config, args.live, config_path=args.config))
     except KeyboardInterrupt:
@@ -101,10 +107,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"edge-agent cannot start with {args.config}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except OutboxTooNew as exc:
+        print(f"edge-agent cannot start: {exc}", file=sys.stderr)
+        return EXIT_OUTBOX_TOO_NEW
     except OutboxError as exc:
         print(f"edge-agent cannot start: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_OUTBOX
     return 0
 
 
