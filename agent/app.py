@@ -24,6 +24,7 @@ from agent.config import AgentConfig
 from agent import config_apply
 from agent.commands import CommandChannel
 from agent.contract import topic as contract_topic
+from agent import sd_notify
 from agent import status as reporting
 from agent.health import HealthSampler
 from agent.status import DeviceStatus
@@ -100,6 +101,7 @@ class Agent:
         self._flush_soon = False
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._warn = Throttle()
+        self._status_line = sd_notify.StatusLine()
 
     def topic(self, suffix: str) -> str:
         mqtt_cfg = self.config.uplink.mqtt
@@ -219,8 +221,8 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         return reporting.snapshot(self)
 
-    def write_status(self, **override: Any) -> None:
-        reporting.write_status(self, **override)
+    def write_status(self, **override: Any) -> dict[str, Any]:
+        return reporting.write_status(self, **override)
 
     def centre_heard(self) -> None:
         """An authenticated message from the centre: drivers holding something on its behalf
@@ -301,7 +303,7 @@ class Agent:
     async def _status_loop(self) -> None:
         self.config.agent.state_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            self.write_status()
+            self._status_line.update(reporting.status_line(self.write_status()))
             await asyncio.sleep(self.config.agent.status_interval)
 
     async def _supervise(self, name: str, run, close=None) -> None:
@@ -353,10 +355,13 @@ class Agent:
             *([asyncio.create_task(self._centre_watch(), name="centre-watch")] if self.commands else []),
         ] + [asyncio.create_task(self._supervise(f"runner {r.name}", r.run, r.close), name=f"runner:{r.name}")
              for r in self.runners]
+        # config, secrets and outbox are open, the loop runs: systemctl start returns now
+        sd_notify.notify("READY=1", f"STATUS=started, buffer {self.config.buffer.path}")
         try:
             await self._stop.wait()
         finally:
             log.info("stopping")
+            sd_notify.notify("STOPPING=1", "STATUS=stopping: closing the outbox")
             for task in tasks:
                 if task.get_name() != "uplink":
                     task.cancel()
