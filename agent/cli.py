@@ -37,7 +37,14 @@ def _load(path: Path):
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
-        return 2
+        return EXIT_CONFIG
+    from agent.config import unreadable_files
+    unreadable = unreadable_files(config, args.file)
+    if unreadable:   # the agent would stop at these when it starts
+        print(f"config {args.file} has {len(unreadable)} problem(s):", file=sys.stderr)
+        for problem in unreadable:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"{args.file}: OK — gateway {config.gateway.id} (site {config.gateway.site}), "
           f"{len(config.devices)} device(s), {len(config.cameras)} camera(s), uplink {config.uplink.mqtt.host}:{config.uplink.mqtt.port}, "
           f"buffer {config.buffer.path}")

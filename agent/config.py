@@ -414,6 +414,44 @@ def _check_alarm_points(file: Path, root: yaml.Node | None, section: str, index:
     return problems
 
 
+def unreadable_files(config: AgentConfig, file: Path) -> list[str]:
+    """The secret and TLS files ``config`` names that this process cannot read, one problem each
+    (``file: key.path: what``). The agent reads them only at start; check-config run as the service
+    user (``sudo -u edge-agent edge-agent check-config ...``) finds them first. Secrets from the
+    environment are not checked: the service's environment is not this one."""
+    problems: list[str] = []
+
+    def visit(value: Any, where: str) -> None:
+        if isinstance(value, Secret):
+            if value.file is not None:
+                try:
+                    value.reveal()
+                except ConfigError as exc:
+                    problems.extend(f"{file}: {where}: {p}" for p in exc.problems)
+        elif isinstance(value, Tls):
+            for name in ("ca_file", "cert_file", "key_file"):
+                path = getattr(value, name)
+                if path is not None:
+                    try:
+                        with open(path, "rb"):
+                            pass
+                    except OSError as exc:
+                        problems.append(f"{file}: {where}.{name}: {path}: cannot be read ({exc.strerror})")
+        elif isinstance(value, BaseModel):
+            for key, item in value.__dict__.items():
+                # a device's driver options are written beside its own keys in the YAML
+                visit(item, where if key == "options" else f"{where}.{key}" if where else key)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(item, f"{where}[{index}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{where}.{key}")
+
+    visit(config, "")
+    return problems
+
+
 def redact(text: str, secrets: list[str]) -> str:
     """Replace every secret value in text; for log lines that might echo a library's message."""
     for secret in secrets:
