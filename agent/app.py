@@ -361,7 +361,10 @@ class Agent:
             await self._stop.wait()
         finally:
             log.info("stopping")
-            sd_notify.notify("STOPPING=1", "STATUS=stopping: closing the outbox")
+            if self.restart_requested:   # config.apply: the process goes on; READY=1 again ends the reload
+                sd_notify.notify("RELOADING=1", "STATUS=restarting on the new config")
+            else:   # systemd now expects the process to exit (within TimeoutStopSec)
+                sd_notify.notify("STOPPING=1", "STATUS=stopping: closing the outbox")
             for task in tasks:
                 if task.get_name() != "uplink":
                     task.cancel()

@@ -81,3 +81,33 @@ def test_the_agent_says_ready_once_its_outbox_is_open_and_stopping_on_sigterm(tm
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_a_restart_on_a_new_config_is_a_reload_for_systemd_not_a_stop(tmp_path, monkeypatch):
+    """config.apply restarts the agent inside the same process: STOPPING=1 there would make systemd
+    kill it TimeoutStopSec later; RELOADING=1, then READY=1 from the new agent, is what it expects."""
+    import asyncio
+
+    from agent.app import Agent
+    from agent.config import load_config
+
+    config = load_config(agent_config(tmp_path, broker_port=1, devices=[]))
+    with listen(str(tmp_path / "notify")) as sock:
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+
+        async def restart_once() -> None:
+            agent = Agent(config)
+            running = asyncio.create_task(agent.run())
+            await asyncio.sleep(0.3)
+            agent.request_restart()
+            await running
+
+        asyncio.run(restart_once())
+        sock.settimeout(0.2)
+        states = []
+        try:
+            while True:
+                states += [line for line in sock.recv(4096).decode().splitlines() if not line.startswith("STATUS=")]
+        except TimeoutError:
+            pass
+    assert states == ["READY=1", "RELOADING=1"]
