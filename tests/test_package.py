@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.model import Priority
+from agent.outbox import Outbox
 from tests.agent_proc import check_loop_budget
 from tests.gateway_sim import installed
 from tests.gateway_sim.installed import CONFIG, OUTBOX, STATE_DIR, UNIT, gateway_machine, write_config
@@ -231,6 +233,56 @@ def test_remove_keeps_config_and_state_purge_removes_them_and_the_user(debian_pa
         assert machine.run("getent", "passwd", "edge-agent").returncode == 2
         assert machine.run("getent", "group", "edge-agent").returncode == 2
         assert "edge-agent" not in machine.run("dpkg-statoverride", "--list", check=True).stdout
+    finally:
+        machine.close()
+
+
+# What install.sh --systemd wrote before the package existed: a unit running a clone's .venv.
+OLD_INSTALL_SH_UNIT = """# Installed by install.sh (@VENV@ is replaced by the agent's virtualenv).
+[Unit]
+Description=Edge agent: city devices to the central platform
+[Service]
+User=edge-agent
+ExecStart=/home/tech/edge-agent/.venv/bin/edge-agent run --config /etc/edge-agent/config.yaml
+ProtectHome=yes
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_a_gateway_set_up_by_the_old_install_sh_moves_to_the_package_with_its_config_and_outbox(
+        debian_package, tmp_path):
+    machine = gateway_machine(tmp_path / "gateway")
+    try:
+        # the old install.sh --systemd: its user, directories, unit and link; a technician's config
+        machine.run("useradd", "--system", "--home-dir", STATE_DIR, "--shell", "/usr/sbin/nologin", "edge-agent",
+                    check=True)
+        machine.run("install", "-d", "-o", "edge-agent", "-g", "edge-agent", "-m", "0750", STATE_DIR, check=True)
+        machine.run("install", "-d", "-o", "root", "-g", "edge-agent", "-m", "0750", "/etc/edge-agent", check=True)
+        write_config(machine, gateway=GW, broker_port=1)
+        machine.run("chgrp", "edge-agent", CONFIG, check=True)
+        edited = machine.path(CONFIG).read_text()
+        machine.write(f"/etc/systemd/system/{UNIT}", OLD_INSTALL_SH_UNIT)
+        machine.run("ln", "-s", "/home/tech/edge-agent/.venv/bin/edge-agent", "/usr/local/bin/edge-agent", check=True)
+        # ...and the outbox the old service left, holding what it could not send yet
+        # (made here and copied in: SQLite resolves the /proc/PID/root link to this machine's root)
+        outbox = Outbox(tmp_path / "outbox.db", gateway_id=GW, max_bytes=1 << 26)
+        for _ in range(5):
+            outbox.put(Priority.TELEMETRY, f"citybrain/v1/lab/{GW}/telemetry/aq-01", {"device": "aq-01", "readings": []})
+        outbox.close()
+        machine.path(OUTBOX).write_bytes((tmp_path / "outbox.db").read_bytes())
+        machine.run("chown", "-R", "edge-agent:edge-agent", STATE_DIR, check=True)
+
+        # install.sh --systemd installs with --force-confold: the technician's config stays as it is
+        done = machine.dpkg("--force-confold", "-i", str(debian_package.path))
+        assert f"removed /etc/systemd/system/{UNIT}" in done.stdout and "removed /usr/local/bin/edge-agent" in done.stdout
+        assert not machine.path(f"/etc/systemd/system/{UNIT}").exists()
+        assert not machine.path("/usr/local/bin/edge-agent").is_symlink()
+        assert machine.path(CONFIG).read_text() == edited
+        assert machine.systemctl("start", UNIT).returncode == 0, machine.journal()
+        # the old backlog, still to send
+        installed.wait_for_status(machine, lambda snapshot: snapshot["buffer"]["depth"] >= 5)
+        assert machine.systemctl("stop", UNIT).returncode == 0
     finally:
         machine.close()
 

@@ -3,6 +3,7 @@ what the service leaves behind, seen from the test."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,18 @@ def status(machine: ScratchMachine) -> dict[str, Any] | None:
         return orjson.loads(machine.path(f"{STATE_DIR}/status.json").read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
         return None
+
+
+def wait_for_status(machine: ScratchMachine, predicate, timeout: float = 15.0) -> dict[str, Any]:
+    """The running service's status once ``predicate(status)`` holds (status.json names its pid)."""
+    deadline = time.monotonic() + timeout
+    snapshot = None
+    while time.monotonic() < deadline:
+        snapshot = status(machine)
+        if snapshot is not None and snapshot.get("pid") == main_pid(machine) and predicate(snapshot):
+            return snapshot
+        time.sleep(0.1)
+    raise AssertionError(f"the service's status never matched; last: {snapshot}\n{machine.journal()[-3000:]}")
 
 
 def main_pid(machine: ScratchMachine) -> int | None:

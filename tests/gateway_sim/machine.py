@@ -16,6 +16,7 @@ Needs root (mounting); :func:`unavailable` says why a machine cannot be had here
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -40,13 +41,23 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/systemd/system /run/lock
 if [ -n "$2" ]; then mkdir -p /opt/edge-agent && mount -t tmpfs -o "size=$2,mode=0755" tmpfs /opt/edge-agent; fi
 echo ready
-exec sleep infinity
+exec setpriv --pdeathsig KILL -- sleep infinity   # gone with the test process, however it ends
 """.replace("{overlaid}", " ".join(OVERLAID))
 
 SYSTEMCTL = """#!/bin/sh
 # systemd's part for a scratch machine: tests/gateway_sim/systemctl.py
 PYTHONPATH={repo} PYTHONDONTWRITEBYTECODE=1 exec {python} -m tests.gateway_sim.systemctl "$@"
 """
+
+
+_open: set["ScratchMachine"] = set()
+
+
+@atexit.register
+def _close_leftovers() -> None:
+    """Machines a test did not close (it failed, it was interrupted): their services go too."""
+    for machine in list(_open):
+        machine.close()
 
 
 def unavailable() -> str | None:
@@ -73,6 +84,7 @@ class ScratchMachine:
             self._holder.kill()
             raise RuntimeError(f"the scratch machine did not start: {self._holder.stderr.read().decode()}")
         self.pid = self._holder.pid
+        _open.add(self)
         self.write("/usr/local/bin/systemctl", SYSTEMCTL.format(repo=REPO, python=sys.executable), mode=0o755)
 
     # -- looking inside ---------------------------------------------------------------------------
@@ -123,6 +135,7 @@ class ScratchMachine:
 
     def close(self) -> None:
         """Stop what runs in the machine and let the namespace go."""
+        _open.discard(self)
         if self._holder.poll() is not None:
             return
         if self.path("/run/systemd-sim").exists():
