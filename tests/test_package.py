@@ -263,6 +263,8 @@ def test_a_gateway_set_up_by_the_old_install_sh_moves_to_the_package_with_its_co
         machine.run("chgrp", "edge-agent", CONFIG, check=True)
         edited = machine.path(CONFIG).read_text()
         machine.write(f"/etc/systemd/system/{UNIT}", OLD_INSTALL_SH_UNIT)
+        wants = f"/etc/systemd/system/multi-user.target.wants/{UNIT}"
+        machine.run("ln", "-s", f"/etc/systemd/system/{UNIT}", wants, check=True)   # systemctl enable's
         machine.run("ln", "-s", "/home/tech/edge-agent/.venv/bin/edge-agent", "/usr/local/bin/edge-agent", check=True)
         # ...and the outbox the old service left, holding what it could not send yet
         # (made here and copied in: SQLite resolves the /proc/PID/root link to this machine's root)
@@ -277,6 +279,7 @@ def test_a_gateway_set_up_by_the_old_install_sh_moves_to_the_package_with_its_co
         done = machine.dpkg("--force-confold", "-i", str(debian_package.path))
         assert f"removed /etc/systemd/system/{UNIT}" in done.stdout and "removed /usr/local/bin/edge-agent" in done.stdout
         assert not machine.path(f"/etc/systemd/system/{UNIT}").exists()
+        assert machine.path(wants).readlink() == Path(f"/lib/systemd/system/{UNIT}")   # still enabled, the package's
         assert not machine.path("/usr/local/bin/edge-agent").is_symlink()
         assert machine.path(CONFIG).read_text() == edited
         assert machine.systemctl("start", UNIT).returncode == 0, machine.journal()
