@@ -3,8 +3,8 @@
 #
 #   bash install.sh            system packages + .venv with the agent
 #   bash install.sh --dev      the same, plus the test tools
-#   bash install.sh --systemd  the same, plus a hardened systemd service (needs root):
-#                              user edge-agent, config /etc/edge-agent, state /var/lib/edge-agent
+#   bash install.sh --systemd  the same, plus the service (needs root): builds the Debian package
+#                              (packaging/build-deb) and installs it, as a fleet gateway gets it
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,7 +15,7 @@ for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
     --systemd) systemd=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -39,6 +39,17 @@ command -v openssl >/dev/null || missing+=(openssl)   # TLS material for the tes
 [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 # The test suite also runs the signal-controller client against an SNMP agent nobody here wrote.
 [ "$dev" -eq 1 ] && [ ! -x /usr/sbin/snmpd ] && missing+=(snmpd)
+# The Debian package is built on Debian's Python 3.11 (--systemd, and the package tests)...
+if [ "$dev" -eq 1 ] || [ "$systemd" -eq 1 ]; then
+  /usr/bin/python3.11 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3.11 python3.11-venv)
+fi
+# ...which install it into a scratch copy of this machine and run its service as systemd would:
+# its maintainer scripts (adduser), systemd-analyze verify, bwrap for the unit's limits.
+if [ "$dev" -eq 1 ]; then
+  command -v adduser >/dev/null || missing+=(adduser)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v bwrap >/dev/null || missing+=(bubblewrap)
+fi
 if ((${#missing[@]})); then
   say "installing system packages: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -63,26 +74,20 @@ if [ ! -e "$stamp" ]; then
   rm -f "$venv"/.installed-*; touch "$stamp"
 fi
 
-# -- optional: the systemd service
+# -- optional: the service, from the Debian package: the same files, user and unit as a gateway
+#    provisioned from packages gets, and nothing of this clone (which may be in a home directory,
+#    hidden from the service by ProtectHome=)
 if [ "$systemd" -eq 1 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "install.sh --systemd must run as root" >&2; exit 1; }
-  id edge-agent >/dev/null 2>&1 || useradd --system --home-dir /var/lib/edge-agent --shell /usr/sbin/nologin edge-agent
-  # serial adapters belong to group dialout
-  getent group dialout >/dev/null && usermod -a -G dialout edge-agent
-  install -d -o edge-agent -g edge-agent -m 0750 /var/lib/edge-agent
-  install -d -o root -g edge-agent -m 0750 /etc/edge-agent
-  if [ ! -e /etc/edge-agent/config.yaml ]; then
-    install -o root -g edge-agent -m 0640 "$here/config/example.yaml" /etc/edge-agent/config.yaml
-    say "wrote /etc/edge-agent/config.yaml from the example: edit it, then 'edge-agent check-config /etc/edge-agent/config.yaml'"
-  fi
-  sed "s#@VENV@#$venv#g" "$here/config/edge-agent.service" > /etc/systemd/system/edge-agent.service
-  ln -sf "$venv/bin/edge-agent" /usr/local/bin/edge-agent
-  systemctl daemon-reload
-  if "$venv/bin/edge-agent" check-config /etc/edge-agent/config.yaml; then
-    systemctl enable --now edge-agent
-    say "edge-agent service enabled and started: 'systemctl status edge-agent', 'edge-agent status'"
-  else
-    say "service installed but NOT started: fix the config above, then 'systemctl enable --now edge-agent'"
-  fi
+  build="$(mktemp -d)"
+  trap 'rm -rf "$build"' EXIT
+  say "building the Debian package (packaging/build-deb)"
+  deb="$("$here/packaging/build-deb" --out "$build" | tail -n 1)"
+  chmod 0755 "$build"   # apt reads it as its own user
+  say "installing $(basename "$deb"): the agent in /opt/edge-agent, config /etc/edge-agent, state /var/lib/edge-agent"
+  # apt pulls what it depends on; --reinstall: a rebuilt clone of the same version replaces it;
+  # --force-confold keeps a config edited here before
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall -o Dpkg::Options::=--force-confold "$deb"
+  say "next: sudoedit /etc/edge-agent/config.yaml; sudo -u edge-agent edge-agent check-config /etc/edge-agent/config.yaml; sudo systemctl restart edge-agent"
 fi
 say "done: $venv/bin/edge-agent"

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, config_apply
+from agent import __version__, config_apply, sd_notify
 from agent import status as reporting
 from agent.command_handlers import HANDLERS as AGENT_COMMANDS
 from agent.commands import CommandChannel
@@ -85,6 +85,7 @@ class Agent:
         self.supervisor = Supervisor()
         self._stop = asyncio.Event()
         self._told_silent = False
+        self._status_line = sd_notify.StatusLine()
 
     def topic(self, suffix: str) -> str:
         mqtt_cfg = self.config.uplink.mqtt
@@ -103,8 +104,12 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         return reporting.snapshot(self)
 
-    def write_status(self, **override: Any) -> None:
-        reporting.write_status(self, **override)
+    def write_status(self, **override: Any) -> dict[str, Any]:
+        return reporting.write_status(self, **override)
+
+    def _report_status(self) -> None:
+        """status.json for `edge-agent status`, and its line for `systemctl status`."""
+        self._status_line.update(reporting.status_line(self.write_status()))
 
     # -- CommandSite (agent/commands.py) ----------------------------------------------------------
 
@@ -199,13 +204,15 @@ class Agent:
         tasks.keep_running("uplink", self.uplink.run)
         tasks.every("commit", cfg.buffer.commit_interval, self._commit_and_wake)
         tasks.every("metrics", cfg.agent.metrics_interval, self._publish_metrics)
-        tasks.every("status", cfg.agent.status_interval, self.write_status, now=True)
+        tasks.every("status", cfg.agent.status_interval, self._report_status, now=True)
         tasks.start("config-apply", config_apply.watch(cfg, self.config_path, lambda: self.uplink.connected,
                                                        self._answer, self.request_restart))
         if self.commands is not None:
             tasks.every("centre-watch", CENTRE_WATCH_S, self._centre_watch)
         for runner in self.runners:
             tasks.keep_running(f"runner:{runner.name}", runner.run, runner.close)
+        # config, secrets and outbox are open, the loop runs: systemctl start returns now
+        sd_notify.notify("READY=1", f"STATUS=started, buffer {self.config.buffer.path}")
         try:
             await self._stop.wait()
         finally:
@@ -213,6 +220,10 @@ class Agent:
 
     async def _shut_down(self) -> None:
         log.info("stopping")
+        if self.restart_requested:   # config.apply: the process goes on; READY=1 again ends the reload
+            sd_notify.notify("RELOADING=1", "STATUS=restarting on the new config")
+        else:   # systemd now expects the process to exit (within TimeoutStopSec)
+            sd_notify.notify("STOPPING=1", "STATUS=stopping: closing the outbox")
         loop = asyncio.get_running_loop()
         await self.supervisor.stop(keep={"uplink"}, timeout=SHUTDOWN_TASK_TIMEOUT)
         for runner in self.runners:

@@ -12,6 +12,12 @@ import orjson
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/config.yaml")
 
+# `run` exits with these when it cannot start. The systemd unit lists the two a restart cannot fix
+# in RestartPreventExitStatus=, so a bad config or a downgrade does not restart every 2 s.
+EXIT_OUTBOX = 1           # the outbox cannot be opened (corrupt, locked by another agent, disk)
+EXIT_CONFIG = 2           # the config (or a secret it names) is invalid: check-config's message
+EXIT_OUTBOX_TOO_NEW = 3   # the outbox was written by a newer agent: install that one again
+
 
 def _load(path: Path):
     from agent.runtime import load
@@ -21,7 +27,14 @@ def _load(path: Path):
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
-        return 2
+        return EXIT_CONFIG
+    from agent.config import unreadable_files
+    unreadable = unreadable_files(config, args.file)
+    if unreadable:   # the agent would stop at these when it starts
+        print(f"config {args.file} has {len(unreadable)} problem(s):", file=sys.stderr)
+        for problem in unreadable:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"{args.file}: OK — gateway {config.gateway.id} (site {config.gateway.site}), "
           + ", ".join(f"{len(devices)} {name}" for name, devices in config.sections().items())
           + f", uplink {config.uplink.mqtt.host}:{config.uplink.mqtt.port}, "
@@ -40,10 +53,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.logs import setup_logging
     config = _load(args.config)
     if config is None:
-        return 2
+        return EXIT_CONFIG
     setup_logging(config.agent.log.format, config.agent.log.level)
     from agent.core.config import ConfigError
-    from agent.outbox import OutboxError
+    from agent.outbox import OutboxError, OutboxTooNew
     try:
         from agent.runtime import run_agent
         asyncio.run(run_agent(config, args.live, config_path=args.config))
@@ -53,10 +66,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"edge-agent cannot start with {args.config}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except OutboxTooNew as exc:
+        print(f"edge-agent cannot start: {exc}", file=sys.stderr)
+        return EXIT_OUTBOX_TOO_NEW
     except OutboxError as exc:
         print(f"edge-agent cannot start: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_OUTBOX
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from agent.core.config import (
     ID_PATTERN, ConfigError, DeviceConfig, Location, Secret, Strict, format_validation_error, line_of,
@@ -226,3 +226,39 @@ def _check_alarm_points(file: Path, root: yaml.Node | None, section: str, index:
     return problems
 
 
+def unreadable_files(config: AgentConfig, file: Path) -> list[str]:
+    """The secret and TLS files ``config`` names that this process cannot read, one problem each
+    (``file: key.path: what``). The agent reads them only at start; check-config run as the service
+    user (``sudo -u edge-agent edge-agent check-config ...``) finds them first. Secrets from the
+    environment are not checked: the service's environment is not this one."""
+    problems: list[str] = []
+
+    def visit(value: Any, where: str) -> None:
+        if isinstance(value, Secret):
+            if value.file is not None:
+                try:
+                    value.reveal()
+                except ConfigError as exc:
+                    problems.extend(f"{file}: {where}: {p}" for p in exc.problems)
+        elif isinstance(value, Tls):
+            for name in ("ca_file", "cert_file", "key_file"):
+                path = getattr(value, name)
+                if path is not None:
+                    try:
+                        with open(path, "rb"):
+                            pass
+                    except OSError as exc:
+                        problems.append(f"{file}: {where}.{name}: {path}: cannot be read ({exc.strerror})")
+        elif isinstance(value, BaseModel):
+            for key, item in value.__dict__.items():
+                # a device's driver options are written beside its own keys in the YAML
+                visit(item, where if key == "options" else f"{where}.{key}" if where else key)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(item, f"{where}[{index}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{where}.{key}")
+
+    visit(config, "")
+    return problems

@@ -27,6 +27,9 @@ How it works, and why:
   write is retried once, and every later flush tries again.
 * **Corrupt or foreign files** raise :class:`OutboxError` naming the file. The outbox never deletes
   or rewrites a file it does not recognise.
+* **Schema versions** (:mod:`agent.outbox_schema`): an older file is migrated forward at open, one
+  transaction per step; a file from a newer agent raises :class:`OutboxTooNew` before anything is
+  written to it. ``meta.agent_version`` names the agent that last opened the file, for that message.
 
 Thread confinement: every call comes from the event-loop thread, so there is no locking; no
 transaction or read statement stays open between calls (an open read would pin the WAL and stop
@@ -46,6 +49,8 @@ from pathlib import Path
 
 import orjson
 
+from agent import __version__ as AGENT_VERSION
+from agent import outbox_schema
 from agent.core.model import Priority, now_ms
 
 
@@ -69,7 +74,6 @@ sqlite_utils = _import_sqlite_utils()
 log = logging.getLogger(__name__)
 
 FORMAT = "edge-agent-outbox"      # meta.format: how a file says it is an outbox
-SCHEMA_VERSION = 1
 SEQ_BLOCK = 1000                  # seqs reserved per meta update; the largest gap a crash can leave
 ROW_OVERHEAD = 64                 # bytes per row beyond payload and topic: other columns, index entry, cell
 DEFAULT_MAX_PENDING_BYTES = 32 * 2**20   # memory held while the disk refuses writes (~1 min at 200 msg/s)
@@ -106,6 +110,10 @@ class OutboxError(Exception):
         super().__init__(f"{path}: {problem}")
 
 
+class OutboxTooNew(OutboxError):
+    """The file was written by a newer agent (a downgrade); it was left untouched."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutboundMessage:
     row_id: int          # pass to ack(); equal to seq
@@ -135,6 +143,7 @@ class OutboxStats:
 # A put waiting for flush:
 # (priority, topic, body JSON or raw payload, qos, retain, ts_ms, created_ms, size estimate, raw)
 _Pending = tuple[int, str, bytes, int, bool, int, int, int, bool]
+# the messages table of schema 1 (outbox_schema.FIRST_VERSION): a new file is created so, then migrated
 _COLUMNS = {"id": int, "priority": int, "topic": str, "payload": bytes, "qos": int, "retain": int,
             "created_ms": int, "size": int, "raw": int}
 
@@ -210,19 +219,28 @@ class Outbox:
                 # open covering, so they never read the payload pages
                 db["messages"].create_index(["priority", "id", "size"], index_name="messages_order")
                 db["meta"].insert_all(
-                    [{"key": "format", "value": FORMAT}, {"key": "schema", "value": str(SCHEMA_VERSION)},
+                    [{"key": "format", "value": FORMAT},
+                     {"key": "schema", "value": str(outbox_schema.FIRST_VERSION)},
                      {"key": "gateway_id", "value": self.gateway_id}, {"key": "seq_reserved", "value": "1"}]
                     + [{"key": _evict_key(p), "value": "0"} for p in _PRIORITIES])
             log.info("created outbox %s", self.path)
+            self._migrate(outbox_schema.FIRST_VERSION)
         else:
             # read-only checks first: WAL is switched on only once the file is known to be ours
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
             if meta.get("format") != FORMAT or "messages" not in tables:
                 raise OutboxError(self.path, f"is a SQLite database but not an edge-agent outbox (tables: "
                                              f"{', '.join(sorted(tables))}); it was left untouched")
-            if int(meta.get("schema", 0)) > SCHEMA_VERSION:
-                raise OutboxError(self.path, f"outbox schema {meta['schema']} is newer than this agent "
-                                             f"understands ({SCHEMA_VERSION})")
+            schema = int(meta.get("schema", 0))
+            if schema < outbox_schema.FIRST_VERSION:
+                raise OutboxError(self.path, f"meta.schema is {meta.get('schema')!r}, not a schema version; "
+                                             "the file was left untouched: move it aside to start with an empty outbox")
+            try:
+                outbox_schema.check_readable(schema, meta.get("agent_version"))
+            except outbox_schema.SchemaTooNew as exc:
+                raise OutboxTooNew(self.path, str(exc)) from None
+            db.enable_wal()
+            self._migrate(schema)
             columns = set(db["messages"].columns_dict)
             expected = set(_COLUMNS)
             if not expected <= columns or "messages_order" not in {i.name for i in db["messages"].indexes}:
@@ -232,9 +250,20 @@ class Outbox:
                 log.warning("outbox %s was written by gateway %s, now used by %s",
                             self.path, meta.get("gateway_id"), self.gateway_id)
                 db.execute(_SET_META, (self.gateway_id, "gateway_id"))
-            db.enable_wal()
+        if meta_value(conn, "agent_version") != AGENT_VERSION:   # names us if a downgrade must refuse the file
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('agent_version', ?)", (AGENT_VERSION,))
         conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+
+    def _migrate(self, found: int) -> None:
+        assert self._conn is not None
+        try:
+            outbox_schema.migrate(self._conn, self.path, found, _SET_META)
+        except outbox_schema.MigrationFailed as exc:
+            full = _primary_code(exc.cause) == _SQLITE_FULL
+            raise OutboxError(self.path, f"{exc}; the file is at schema {exc.version} with every message it "
+                                         "held" + ("; free space on its disk and start the agent again" if full
+                                                   else "; start the agent again to retry")) from exc
 
     def _load_state(self) -> None:
         conn = self._conn
@@ -688,6 +717,11 @@ class Outbox:
                         self.path, summary, why, self.max_bytes, self._bytes)
             self._evicted_since_log = [0] * 4
             self._evict_logged_at = now
+
+
+def meta_value(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
 
 
 def _evict_key(p: Priority | int) -> str:

@@ -118,8 +118,17 @@ def metrics(agent: StatusSource) -> dict[str, Any]:
     }
 
 
-def write_status(agent: StatusSource, **override: Any) -> None:
-    """Atomically replace state_dir/status.json, which `edge-agent status` reads."""
+def status_line(snap: dict[str, Any]) -> str:
+    """One line for `systemctl status` (sd_notify STATUS=): uplink, buffer, devices."""
+    buffer = snap["buffer"]
+    oldest = f", oldest {buffer['oldest_age_s']:.0f}s" if buffer["depth"] and buffer["oldest_age_s"] is not None else ""
+    online = sum(1 for d in snap["devices"].values() if d.get("online"))
+    return (f"uplink {snap['uplink'].get('state', '?')}, {buffer['depth']} buffered{oldest}, "
+            f"{online}/{len(snap['devices'])} devices online")
+
+
+def write_status(agent: StatusSource, **override: Any) -> dict[str, Any]:
+    """Atomically replace state_dir/status.json, which `edge-agent status` reads; returns what it wrote."""
     state_dir = agent.config.agent.state_dir
     current = snapshot(agent)
     for key, value in override.items():
@@ -127,3 +136,5 @@ def write_status(agent: StatusSource, **override: Any) -> None:
     tmp = state_dir / ".status.json.tmp"
     tmp.write_bytes(orjson.dumps(current, option=orjson.OPT_INDENT_2))
     os.replace(tmp, state_dir / "status.json")   # readers never see a half-written file
+    return current
+    return current

@@ -104,16 +104,21 @@ class AgentProcess:
     def check_loop_budget(self) -> None:
         """The agent's event loop kept its budget (agent/core/loopwatch.py; the tests set the CPU clock):
         the last status it wrote lists every callback over budget."""
-        snapshot = self.status()
-        loop = (snapshot or {}).get("loop") or {}
-        if loop.get("max_callback_ms") is not None:
-            LONGEST.append((loop["max_callback_ms"], loop.get("max_callback") or "?", str(self.config.parent.name)))
-        over = loop.get("worst") or []
-        assert not over, (f"the agent held its event loop beyond the budget {len(over)} time(s): "
-                          + "; ".join(f"{o['ms']} ms in {o['callback']}" for o in over))
+        check_loop_budget(self.status(), str(self.config.parent.name))
 
     def __enter__(self) -> "AgentProcess":
         return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def check_loop_budget(snapshot: dict[str, Any] | None, label: str) -> None:
+    """Fail when an agent's last status lists callbacks over the loop budget; keep its longest
+    callback for the run's summary (conftest.py)."""
+    loop = (snapshot or {}).get("loop") or {}
+    if loop.get("max_callback_ms") is not None:
+        LONGEST.append((loop["max_callback_ms"], loop.get("max_callback") or "?", label))
+    over = loop.get("worst") or []
+    assert not over, (f"the agent held its event loop beyond the budget {len(over)} time(s): "
+                      + "; ".join(f"{o['ms']} ms in {o['callback']}" for o in over))

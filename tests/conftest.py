@@ -81,3 +81,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             ms, what, test = max(seen)
             terminalreporter.write_line(f"longest event-loop callback {where} ({loopwatch.current().clock_name} "
                                         f"time, {len(seen)} measured): {ms} ms, {what} ({test})")
+
+
+# -- the Debian package (tests/test_package*.py) --
+
+@pytest.fixture(scope="session")
+def debian_package(tmp_path_factory: pytest.TempPathFactory):
+    """This checkout as a Debian package, built once per session by packaging/build-deb (the
+    dependencies' virtualenv is cached across sessions, see build-deb)."""
+    from tests.gateway_sim import package
+    return package.build(package.REPO, tmp_path_factory.mktemp("deb"))
+
+
+@pytest.fixture(scope="session")
+def next_debian_package(tmp_path_factory: pytest.TempPathFactory):
+    """The next release: this checkout with a bumped version and one more outbox migration."""
+    from tests.gateway_sim import package
+    source = package.copy_checkout(tmp_path_factory.mktemp("next") / "src")
+    package.make_next_release(source)
+    return package.build(source, tmp_path_factory.mktemp("deb-next"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,18 @@ WRITABLE_TABLES = frozenset(("coil", "holding_register"))
 # the manual convention's leading digit
 _MANUAL_TABLES: dict[int, str] = {0: "coil", 1: "discrete_input", 3: "input_register", 4: "holding_register"}
 
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+
+
+def _bundled_dir() -> Path:
+    """The profiles shipped with the agent: config/profiles in a checkout (an editable install), or
+    where the wheel's data files put them (share/edge-agent/profiles under the virtualenv, e.g.
+    /opt/edge-agent/venv in the Debian package)."""
+    checkout = Path(__file__).resolve().parents[2] / "config" / "profiles"
+    installed = Path(sys.prefix) / "share" / "edge-agent" / "profiles"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+BUNDLED_DIR = _bundled_dir()
 POINT_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 
 

@@ -56,9 +56,9 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.core.model import Value
 from drivers.modbus import codec
+from drivers.modbus.profile import BUNDLED_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PROFILE_DIRS: tuple[Path, ...] = (REPO_ROOT / "config" / "profiles",)
+DEFAULT_PROFILE_DIRS: tuple[Path, ...] = (BUNDLED_DIR,)   # the checkout's, or the installed package's
 
 TABLES = ("coil", "discrete_input", "holding_register", "input_register")
 BIT_TABLES = ("coil", "discrete_input")
