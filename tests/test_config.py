@@ -198,15 +198,46 @@ def test_run_refuses_a_world_readable_secret_clearly(tmp_path):
 CONFIG_CASES = Path(__file__).resolve().parent / "cases" / "config"
 
 
+LOADER_CASES = sorted(p.name for p in CONFIG_CASES.iterdir() if (p / "expected.json").exists())
+CHECK_CASES = sorted(p.name for p in CONFIG_CASES.iterdir() if (p / "expected.txt").exists())
+
+
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("case", sorted(p.name for p in CONFIG_CASES.iterdir() if p.is_dir()))
+@pytest.mark.parametrize("case", LOADER_CASES)
 def test_config_case(case):
+    """What the loader refuses: a ConfigError whose problems hold the expected text."""
     expected = json.loads((CONFIG_CASES / case / "expected.json").read_text())
     with pytest.raises(ConfigError) as err:
         load_config(CONFIG_CASES / case / "gateway.yaml")
     text = "\n".join(err.value.problems)
     for fragment in expected["problems_contain"]:
         assert fragment in text, (fragment, text[:2000])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", CHECK_CASES)
+def test_check_config_case(tmp_path, case):
+    """What `edge-agent check-config` prints beyond the loader (files the agent reads only when it
+    starts): exactly these lines, exit status 2, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / case
+    shutil.copytree(CONFIG_CASES / case, folder)
+    for other in folder.iterdir():   # git keeps no file modes: secrets get theirs back here
+        if other.name not in ("config.yaml", "expected.txt"):
+            other.chmod(0o600)
+    config = folder / "config.yaml"
+    config.write_bytes(config.read_bytes().replace(b"{dir}", str(folder).encode()))
+    expected = [line.replace("{file}", str(config)).replace("{dir}", str(folder))
+                for line in (folder / "expected.txt").read_text().splitlines()]
+    run = subprocess.run([sys.executable, "-m", "agent", "check-config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    assert [line.strip() for line in run.stderr.splitlines()[1:]] == expected, run.stderr
+
 
 def test_a_broken_file_is_lines_for_a_technician_from_the_command_line(tmp_path):
     """What check-config prints for a case: the problem lines alone, exit 2, no traceback."""
