@@ -35,7 +35,9 @@ def gateway(tmp_path_factory):
     key_file = tmp / "command.key"
     key_file.write_bytes(KEY)
     key_file.chmod(0o600)
-    with MosquittoBroker(workdir=tmp / "mosquitto") as broker, \
+    # max_queued 0: the broker keeps every message of a burst for the agent (its default of 1000
+    # would drop the rest of a 2000-message flood when the agent is slower than the publisher)
+    with MosquittoBroker(workdir=tmp / "mosquitto", max_queued=0) as broker, \
             ModbusSim("air_monitor_rs485", units=[1], tcp=("127.0.0.1", 0)).run_in_thread() as sim:
         devices = [{"id": "aq-01", "driver": "modbus", "unit": 1, "profile": "air_monitor_rs485", "poll": "200ms",
                     "connection": {"type": "tcp", "host": "127.0.0.1", "port": sim.tcp_address[1]}}]
