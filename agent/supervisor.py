@@ -44,6 +44,8 @@ class Supervisor:
 
     def start(self, name: str, coro: Awaitable[None]) -> None:
         if name in self.tasks:
+            if asyncio.iscoroutine(coro):
+                coro.close()   # never to run: without this, Python warns it was never awaited
             raise ValueError(f"a task named {name!r} runs already")
         self.tasks[name] = asyncio.ensure_future(coro)
         self.tasks[name].set_name(name)
