@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 from agent.core.clock import SYSTEM, Clock
@@ -25,20 +25,47 @@ T = TypeVar("T")
 
 # -- waiting for a condition -------------------------------------------------------------------------
 
-async def until(predicate: Callable[[], T], timeout: float = 5.0, what: str = "the condition") -> T:
+class NotInTime(AssertionError):
+    """The condition did not come true in time (as against an assertion the predicate made)."""
+
+
+async def until(predicate: Callable[[], T], timeout: float = 5.0, what: str = "the condition", *,
+                every: float = 0.01) -> T:
     """Wait on the running loop (it keeps serving sockets and tasks) until ``predicate()`` is true;
-    returns its value. AssertionError after ``timeout`` real seconds."""
+    returns its value. AssertionError after ``timeout`` real seconds. ``every``: how often to look."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.01)   # a poll interval, not a wait for something to happen
+            raise NotInTime(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(every)   # a poll interval, not a wait for something to happen
 
 
-def eventually(predicate: Callable[[], T], timeout: float = 5.0, what: str = "the condition") -> T:
+async def connected(connect: Callable[[], Awaitable[T]], timeout: float = 5.0, what: str = "a listener") -> T:
+    """``await connect()`` until it stops failing with OSError (a server that binds its port a
+    moment after it starts); the last OSError after ``timeout`` real seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await connect()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)   # a retry interval, not a wait for something to happen
+
+
+async def next_turn() -> None:
+    """One turn of the running loop: what was scheduled with ``call_soon`` before this has run."""
+    loop = asyncio.get_running_loop()
+    turned = loop.create_future()
+    loop.call_soon(turned.set_result, None)
+    await turned
+
+
+def eventually(predicate: Callable[[], T], timeout: float = 5.0, what: str = "the condition", *,
+               every: float = 0.01) -> T:
     """``until`` for code outside an event loop (a process, a thread, a broker)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -46,8 +73,8 @@ def eventually(predicate: Callable[[], T], timeout: float = 5.0, what: str = "th
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)   # a poll interval, not a wait for something to happen
+            raise NotInTime(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)   # a poll interval, not a wait for something to happen
 
 
 # -- a sink that records ------------------------------------------------------------------------------

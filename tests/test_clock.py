@@ -10,6 +10,7 @@ import time
 import pytest
 
 from agent.core.clock import SYSTEM, VirtualClock
+from tests.fakes import next_turn
 
 
 def test_sleepers_wake_in_time_order_and_see_their_own_time():
@@ -55,7 +56,7 @@ def test_wait_for_on_virtual_time_times_out_or_returns_the_result():
             await clock.wait_for(event.wait(), 0)   # as asyncio.wait_for: not done at once
 
         waiting = asyncio.create_task(clock.wait_for(event.wait(), 5.0))
-        await asyncio.sleep(0)
+        await next_turn()
         waiting.cancel()   # the caller cancelled: CancelledError, not TimeoutError
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -67,7 +68,9 @@ def test_system_clock_wait_for_is_asyncio_wait_for():
     async def scenario() -> None:
         with pytest.raises(TimeoutError):
             await SYSTEM.wait_for(asyncio.Event().wait(), 0.01)
-        assert await SYSTEM.wait_for(asyncio.sleep(0, "done"), 1) == "done"
+        async def answer() -> str:
+            return "done"
+        assert await SYSTEM.wait_for(answer(), 1) == "done"
 
     asyncio.run(scenario())
 

@@ -17,7 +17,7 @@ from agent.config import AgentConfig
 from agent.core.backoff import Backoff
 from agent.core.clock import VirtualClock
 from agent.supervisor import RESTART, Supervisor
-from tests.fakes import CrashingTask, IdleRunner
+from tests.fakes import CrashingTask, IdleRunner, next_turn
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -103,7 +103,7 @@ def test_a_task_stuck_past_the_stop_timeout_is_left_behind_and_named():
                 except asyncio.CancelledError:
                     pass   # a library call that swallows the cancel
         supervisor.start("stubborn", stubborn())
-        await asyncio.sleep(0)
+        await next_turn()
         assert await supervisor.stop(timeout=0.05) == ["stubborn"]   # real time: the bound guards stuck I/O
         release.set()
 

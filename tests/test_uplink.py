@@ -5,6 +5,7 @@ backoff on virtual time, against a port nobody listens on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import threading
@@ -18,6 +19,7 @@ from agent.core.clock import VirtualClock
 from agent.core.model import Priority, now_ms
 from agent.outbox import Outbox
 from agent.uplink import MqttUplink
+from tests.fakes import until as wait_until
 from tests.hardware_sim.broker import BrokerTls, MosquittoBroker
 from tests.hardware_sim.certs import make_test_certs
 from tests.hardware_sim.consumer import Consumer
@@ -39,11 +41,13 @@ async def run_uplink(tmp_path: Path, cfg: Mqtt, until, timeout: float = 10.0) ->
     outbox.flush()
     uplink = MqttUplink(cfg, GATEWAY, outbox, birth=lambda: {"site": "lab", "agent": "test", "devices": []})
     task = asyncio.create_task(uplink.run())
+
+    def flushed_and_done() -> bool:
+        outbox.flush()
+        return until(uplink)
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not until(uplink) and asyncio.get_running_loop().time() < deadline:
-            outbox.flush()
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(AssertionError):   # the caller's assertions say what did not happen
+            await wait_until(flushed_and_done, timeout, "the uplink's outcome", every=0.05)
     finally:
         await uplink.stop()
         task.cancel()
