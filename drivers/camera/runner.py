@@ -119,6 +119,7 @@ class CameraRunner(Runner):
         self.event_ids[key] = event_id
         while len(self.event_ids) > 200:
             self.event_ids.pop(next(iter(self.event_ids)))
+        # real time, as the frame times these are compared with (the reader thread stamps them)
         record = {"id": event_id, "type": violation.type, "track": violation.track, "plate": data.get("plate"),
                   "t_violation": int(violation.t * 1000), "decided_ms": int(violation.decided * 1000),
                   "handed_ms": now_ms(), "committed_ms": None}
