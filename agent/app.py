@@ -7,6 +7,11 @@ device families, the command channel and the reports, and runs them under the su
 - :mod:`agent.supervisor` keeps the uplink and the runners running and stops them in bounded time;
 - the families (found by :mod:`agent.core.registry`) contribute their runners, commands and
   metrics through their Driver: nothing here names one.
+
+The agent's ``clock`` (:mod:`agent.core.clock`) is the outbox's, the uplink's, the supervisor's and
+the command channel's, and times the centre-silence watch; a test gives a virtual one. The
+runners keep the real clock: the Driver contract does not pass one (their tests build them with
+one of their own).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from agent.commands import CommandChannel
 from agent.config import AgentConfig
 from agent.contract import topic as contract_topic
 from agent.core import loopwatch
+from agent.core.clock import SYSTEM, Clock
 from agent.core.driver import Driver, HoldsForCentre, PointInfo, Runner
-from agent.core.model import Priority, now_ms
+from agent.core.model import Priority
 from agent.core.registry import available_drivers, get_driver
 from agent.health import HealthSampler
 from agent.outbox import Outbox
@@ -43,20 +49,21 @@ CENTRE_WATCH_S = 1.0
 class Agent:
     """One gateway's agent. Build it before its loop runs; ``run()`` until stopped."""
 
-    def __init__(self, config: AgentConfig, config_path: Path | None = None):
+    def __init__(self, config: AgentConfig, config_path: Path | None = None, *, clock: Clock = SYSTEM):
         self.config = config
         self.config_path = config_path
+        self.clock = clock
         self.restart_requested = False
         self.boot_id = uuid.uuid4().hex[:12]
-        self.started_ms = now_ms()
+        self.started_ms = clock.now_ms()
         gw = config.gateway
         config.buffer.path.parent.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.buffer.path, gateway_id=gw.id, max_bytes=config.buffer.max_bytes,
-                             durable=config.buffer.durable)
+                             durable=config.buffer.durable, clock=clock.now_ms)
         mqtt_cfg = config.uplink.mqtt
         password = mqtt_cfg.password.reveal() if mqtt_cfg.password else None
         self.uplink = MqttUplink(mqtt_cfg, gw, self.outbox, birth=self.birth, password=password,
-                                 boot_id=self.boot_id)
+                                 boot_id=self.boot_id, clock=clock)
         self.pipeline = DevicePipeline(self.outbox, gateway_id=gw.id, topic=self.topic,
                                        max_payload=mqtt_cfg.max_payload, on_commit=self.uplink.wake)
         self.drivers: dict[str, Driver] = {}
@@ -78,11 +85,11 @@ class Agent:
             handlers = dict(AGENT_COMMANDS)
             for driver in [get_driver(name) for name in available_drivers()] + list(self.drivers.values()):
                 handlers.update(driver.commands())
-            self.commands = CommandChannel(self, config.commands, config.agent.state_dir, handlers)
+            self.commands = CommandChannel(self, config.commands, config.agent.state_dir, handlers, clock=clock)
             self.uplink.on_command = self.commands.on_message
         self.uplink.on_state_change = self._uplink_changed
         self.health = HealthSampler(config.buffer.path.parent)
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(clock=clock)
         self._stop = asyncio.Event()
         self._told_silent = False
         self._status_line = sd_notify.StatusLine()
@@ -162,7 +169,7 @@ class Agent:
         what is held for it is let go (once per silence)."""
         assert self.commands is not None
         last = self.commands.stats.last_from_centre_ms
-        silent = last is not None and now_ms() - last > self.config.commands.centre_silence * 1000
+        silent = last is not None and self.clock.now_ms() - last > self.config.commands.centre_silence * 1000
         if silent and not self._told_silent:
             log.warning("no command from the centre for %.0fs: releasing what is held for it",
                         self.config.commands.centre_silence)
@@ -232,7 +239,8 @@ class Agent:
             except Exception:   # noqa: BLE001 - TimeoutError included: close the others anyway
                 log.exception("runner %s failed to close", runner.name)
         self.pipeline.commit()
-        # give the uplink a moment to send what was just committed, then say goodbye
+        # give the uplink a moment to send what was just committed, then say goodbye (real time:
+        # it waits for the broker)
         deadline = loop.time() + 2.0
         while self.uplink.connected and self.outbox.stats().depth and loop.time() < deadline:
             self.uplink.wake()

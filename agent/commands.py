@@ -28,6 +28,7 @@ import orjson
 from agent import contract
 from agent.config import Commands
 from agent.core.boundary import boundary
+from agent.core.clock import SYSTEM, Clock
 from agent.core.commands import CommandHandler, Refused
 from agent.core.driver import PointInfo, Runner
 from agent.core.model import DeviceSink, now_ms
@@ -173,8 +174,10 @@ class CommandStats:
 class CommandChannel:
     """Receives raw requests from the uplink and answers them through the outbox."""
 
-    def __init__(self, site: CommandSite, cfg: Commands, state_dir: Path, handlers: Mapping[str, CommandHandler]):
+    def __init__(self, site: CommandSite, cfg: Commands, state_dir: Path, handlers: Mapping[str, CommandHandler],
+                 *, clock: Clock = SYSTEM):
         self.site = site
+        self.clock = clock   # the gateway's time: a request's expiry and when the centre was last heard
         self.handlers = dict(handlers)
         self.cfg = cfg
         self._key = cfg.key.reveal().encode() if cfg.key is not None else None
@@ -212,7 +215,7 @@ class CommandChannel:
         try:
             request = self._verify(name, payload)
             request_id = request["id"]
-            self.stats.last_from_centre_ms = now_ms()   # only an authenticated request proves the centre
+            self.stats.last_from_centre_ms = self.clock.now_ms()   # only an authenticated request proves the centre
             self.site.centre_heard()
             if not self._run_rate.take():
                 raise Refused("rate_limited", f"more than {self.cfg.max_per_second:g} commands a second")
@@ -251,7 +254,7 @@ class CommandChannel:
         problems = contract.validate("cmd_request", request)
         if problems:
             raise Refused("malformed", "; ".join(problems[:3]))
-        now = now_ms()
+        now = self.clock.now_ms()
         if request["expires"] < now:
             raise Refused("expired", f"expired {(now - request['expires']) / 1000:.1f}s ago")
         if request["ts"] > now + self.cfg.max_clock_skew * 1000:

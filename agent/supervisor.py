@@ -1,7 +1,10 @@
 """The agent's tasks on its event loop: the uplink and each runner kept running (one that crashes
 is logged, closed and started again with backoff, and never takes the others with it), periodic
 jobs (group commit, status, metrics), and a shutdown bounded in time (a task stuck in a library
-call must not keep the agent from stopping)."""
+call must not keep the agent from stopping).
+
+Restarts and periodic jobs wait on the supervisor's ``clock`` (:mod:`agent.core.clock`; tests give
+a virtual one); the bound on stopping stays on real time, since it guards tasks stuck in I/O."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from agent.core.backoff import Backoff, Retry
+from agent.core.clock import SYSTEM, Clock
 
 log = logging.getLogger("agent")
 
@@ -17,8 +21,9 @@ RESTART = Backoff(initial=0.5, max=60.0)   # a crashed task: the next start with
 
 
 class Supervisor:
-    def __init__(self, restart: Backoff = RESTART):
+    def __init__(self, restart: Backoff = RESTART, *, clock: Clock = SYSTEM):
         self.restart = restart
+        self.clock = clock
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def keep_running(self, name: str, run: Callable[[], Awaitable[None]],
@@ -33,12 +38,14 @@ class Supervisor:
             if now:
                 self._run_job(name, job)
             while True:
-                await asyncio.sleep(interval)
+                await self.clock.sleep(interval)
                 self._run_job(name, job)
         self.start(name, periodic())
 
     def start(self, name: str, coro: Awaitable[None]) -> None:
         if name in self.tasks:
+            if asyncio.iscoroutine(coro):
+                coro.close()   # never to run: without this, Python warns it was never awaited
             raise ValueError(f"a task named {name!r} runs already")
         self.tasks[name] = asyncio.ensure_future(coro)
         self.tasks[name].set_name(name)
@@ -76,7 +83,7 @@ class Supervisor:
                         await close()
                     except Exception:   # noqa: BLE001
                         log.exception("%s failed to close", name)
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
 
     @staticmethod
     def _run_job(name: str, job: Callable[[], None]) -> None:

@@ -5,6 +5,10 @@ queued), so PUBACK handling, outbox acks and publishing all happen on one thread
 Each connection gets a fresh paho client: paho's own in-memory resend queue would otherwise race
 with the outbox, which is the single source of truth for what still has to go out. After a
 (re)connect everything unacknowledged is sent again from the outbox, marked ``hist``.
+
+Time: the reconnect backoff, the keepalive loop and the timestamps run on the uplink's ``clock``
+(:mod:`agent.core.clock`; tests give a virtual one). The limits on connecting and on saying goodbye
+stay on real time: they guard I/O.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from agent import __version__
 from agent.core.boundary import boundary
 from agent.config import Gateway, Mqtt
 from agent.contract import CONTRACT_VERSION, topic
-from agent.core.model import now_ms
+from agent.core.clock import SYSTEM, Clock
 from agent.outbox import Outbox
 
 log = logging.getLogger("agent.uplink")
@@ -76,8 +80,9 @@ class MqttUplink:
 
     def __init__(self, cfg: Mqtt, gateway: Gateway, outbox: Outbox, *,
                  birth: Callable[[], dict[str, Any]], password: str | None = None,
-                 boot_id: str | None = None):
+                 boot_id: str | None = None, clock: Clock = SYSTEM):
         self.cfg = cfg
+        self.clock = clock
         self.gateway = gateway
         self.outbox = outbox
         self._birth = birth
@@ -133,7 +138,8 @@ class MqttUplink:
                     continue
                 # "full jitter" on an exponential ceiling spreads a fleet reconnecting to one broker
                 ceiling = min(cap, self.cfg.reconnect.initial * 2 ** min(attempt, 16))
-                await asyncio.sleep(random.uniform(self.cfg.reconnect.initial, max(ceiling, self.cfg.reconnect.initial)))
+                await self.clock.sleep(random.uniform(self.cfg.reconnect.initial,
+                                                      max(ceiling, self.cfg.reconnect.initial)))
                 continue
             attempt = 0
             try:
@@ -151,7 +157,7 @@ class MqttUplink:
         if client is not None and self.connected:
             try:
                 info = client.publish(self.topic("state"), self._state_payload(False), qos=1, retain=True)
-                deadline = time.monotonic() + 1.0
+                deadline = time.monotonic() + 1.0   # real time: it waits for the broker's PUBACK
                 while not info.is_published() and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
                 client.disconnect()
@@ -313,7 +319,7 @@ class MqttUplink:
             self._set_error(f"broker refused message {row_id}: {reason_code}")
         else:
             self.outbox.ack(row_id)
-            now = now_ms()
+            now = self.clock.now_ms()
             self.stats.acked += 1
             self.stats.last_ack_ms = now
             if self.stats.session_first_ack_ms is None:
@@ -345,7 +351,7 @@ class MqttUplink:
         assert client is not None
         self.stats.state = "connected"
         self.stats.connects += 1
-        self.stats.connected_since_ms = now_ms()
+        self.stats.connected_since_ms = self.clock.now_ms()
         self.stats.session_first_ack_ms = None
         self.stats.protocol = "5" if self._use_v5 else "3.1.1"
         self.stats.last_error = None
@@ -377,8 +383,9 @@ class MqttUplink:
             self._notify(False)
 
     async def _keepalive(self) -> None:
+        # paho judges the keepalive on its own (real) clock; this loop only decides when it is asked
         while True:
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(1.0)
             client = self._client
             if client is None:
                 return
@@ -449,7 +456,7 @@ class MqttUplink:
 
     def _common(self) -> dict[str, Any]:
         return {"v": CONTRACT_VERSION, "gw": self.gateway.id, "seq": self.outbox.allocate_seq(),
-                "ts": now_ms(), "hist": False}
+                "ts": self.clock.now_ms(), "hist": False}
 
     def _state_payload(self, online: bool) -> bytes:
         return orjson.dumps(self._common() | {"online": online, "agent": __version__, "boot": self.boot_id})

@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
+
+from tests.fakes import NotInTime, eventually
 
 REPO = Path(__file__).resolve().parents[1]
 # (ms, callback, test folder): the longest callback of each agent a test stopped, for the summary
@@ -67,15 +68,16 @@ class AgentProcess:
         return snapshot if snapshot.get("pid") == self.pid else None
 
     def wait_status(self, predicate, timeout: float = 15.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        snapshot = None
-        while time.monotonic() < deadline:
+        last: list[dict[str, Any] | None] = [None]
+
+        def matching() -> dict[str, Any] | None:
             assert self.proc is not None and self.proc.poll() is None, f"agent exited: {self.log()}"
-            snapshot = self.status()
-            if snapshot is not None and predicate(snapshot):
-                return snapshot
-            time.sleep(0.05)
-        raise AssertionError(f"agent status never matched; last: {snapshot}\nlog:\n{self.log()}")
+            snapshot = last[0] = self.status()
+            return snapshot if snapshot is not None and predicate(snapshot) else None
+        try:
+            return eventually(matching, timeout, "the agent's status", every=0.05)
+        except NotInTime:
+            raise AssertionError(f"agent status never matched; last: {last[0]}\nlog:\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

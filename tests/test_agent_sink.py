@@ -10,6 +10,7 @@ from agent.app import Agent
 from agent.pipeline import NotDurable
 from agent.config import AgentConfig
 from agent.core.model import Event
+from tests.fakes import next_turn
 
 
 def make_agent(tmp_path) -> Agent:
@@ -102,7 +103,7 @@ def test_committed_resolves_only_once_the_data_is_on_disk(tmp_path):
         agent = make_agent(tmp_path)
         agent.sink.event("aq-01", Event("threshold.pm25", "major", {"value": 80}))
         waiter = agent.sink.committed()
-        await asyncio.sleep(0)
+        await next_turn()
         assert not waiter.done()
         db = agent.outbox.db
         db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")   # disk full

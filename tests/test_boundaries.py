@@ -18,7 +18,8 @@ from agent.core import loopwatch
 from agent import wire
 from agent.core.ratelimit import Throttle
 from agent.core.boundary import boundary
-from agent.core.model import Event, Reading
+from agent.core.model import Reading
+from tests.fakes import RecordingSink, next_turn
 
 
 # -- the boundary itself --------------------------------------------------------------------------
@@ -114,7 +115,7 @@ def test_a_callback_over_budget_is_counted_with_what_it_was():
 
     async def main() -> None:
         asyncio.get_running_loop().call_soon(busy)
-        await asyncio.sleep(0.01)
+        await next_turn()
 
     watch.budget_s = 0.05
     asyncio.run(main())
@@ -146,21 +147,6 @@ def test_an_exception_in_the_command_handler_never_leaves_paho_s_callback():
 
 # -- bridges: one frame's bug costs that frame ----------------------------------------------------
 
-class ListSink:
-    def __init__(self) -> None:
-        self.readings_seen: list[Reading] = []
-        self.events: list[Event] = []
-
-    def readings(self, device_id: str, readings: list[Reading]) -> None:
-        self.readings_seen += readings
-
-    def event(self, device_id: str, event: Event) -> None:
-        self.events.append(event)
-
-    def device_state(self, device_id: str, online: bool, error: str | None = None) -> None:
-        pass
-
-
 def test_hj212_a_frame_that_meets_a_bug_is_refused_reported_and_the_next_frame_still_handled(monkeypatch):
     from firmware_bridges.hj212 import station as station_module
     from firmware_bridges.hj212.frame import StreamFramer, build_frame, decode_frame
@@ -180,7 +166,7 @@ def test_hj212_a_frame_that_meets_a_bug_is_refused_reported_and_the_next_frame_s
         return real(cn, cp, *args)
 
     monkeypatch.setattr(station_module, "map_upload", map_upload)
-    sink = ListSink()
+    sink = RecordingSink()
     station = Station("aq", Options.model_validate({"mn": "88888880000001", "listen": {"port": 9212}}), sink, None)
     router = Router("test", [station])
     frames = b"".join(build_frame(f"QN=2024010203040{i}123;ST=22;CN=2011;PW=123456;MN=88888880000001;Flag=5;"
@@ -191,9 +177,9 @@ def test_hj212_a_frame_that_meets_a_bug_is_refused_reported_and_the_next_frame_s
     segments = [decode_frame(a).segment for a in answers]
     assert "CN=9011" in segments[0] and "QnRtn=2" in segments[0]     # the broken frame: refused
     assert "CN=9014" in segments[1]                                   # the next one: accepted
-    assert [r.point for r in sink.readings_seen] == ["pm25"]
+    assert [r.point for r in sink.all_readings()] == ["pm25"]
     assert boundary("hj212").failures == before + 1 and station.stats.errors == 1
-    (report,) = [e for e in sink.events if e.type == "device.input_unhandled"]
+    (report,) = sink.events("device.input_unhandled")
     assert "a01001" in bytes.fromhex(report.data["input_hex"]).decode()
 
 
@@ -209,7 +195,7 @@ def test_gb26875_a_frame_that_meets_a_bug_is_confirmed_and_reported_not_resent_f
 
     monkeypatch.setattr(FireState, "apply", broken)
     config = DeviceConfig.model_validate({"id": "fire-01", "driver": "gb26875", "listen": {"port": 9026}})
-    sink = ListSink()
+    sink = RecordingSink()
     channel = Channel("test", [(config, Options.model_validate(config.model_extra))], sink)
     app = appdata.encode_unit(2, [appdata.encode_component_status(1, 1, 40, 7, 3, "烟感", bytes([5, 4, 3, 2, 1, 24]))])
     data = frame.build(11, 2, app, source=889, destination=88888)
@@ -218,7 +204,7 @@ def test_gb26875_a_frame_that_meets_a_bug_is_confirmed_and_reported_not_resent_f
     channel.receive(frame.Deframer(), data, Link("panel", sent.append))
     assert [frame.parse(s).command for s in sent] == [3], "confirmed: the device must not resend it forever"
     assert boundary("gb26875").failures == before + 1
-    (report,) = [e for e in sink.events if e.type == "device.input_unhandled"]
+    (report,) = sink.events("device.input_unhandled")
     assert bytes.fromhex(report.data["input_hex"]) == app
     assert channel.devices[0].stats.internal_errors == 1
 
@@ -248,7 +234,7 @@ def test_a_command_that_meets_a_bug_is_refused_as_internal_and_counted(tmp_path:
 
     async def main() -> None:
         agent.commands.on_message("citybrain/v1/lab/gw/cmd/buffer.stats", b'{"id": "req-1"}')
-        await asyncio.sleep(0.05)
+        await next_turn()   # the refusal's answer is committed at the next turn (commit_soon)
 
     before = boundary("mqtt.cmd").failures
     try:

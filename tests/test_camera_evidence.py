@@ -11,42 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.core.model import Event, EvidenceFile
 from drivers.camera.evidence import ClipRing, build_violation, head_region
 from drivers.camera.options import Options
 from drivers.camera.pipeline import EvidenceWorker
 from drivers.camera.rules import Frame, Shot, Violation
 from drivers.camera.runner import CameraRunner
+from tests.fakes import RecordingSink, eventually
 from tests.hardware_sim.junction import Junction, JunctionRenderer, Pedestrian, Scene, make_vehicle
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class FakeSink:
-    """Records what a driver hands over; lists files like Agent.evidence (name, sha256, bytes)."""
-
-    def __init__(self):
-        self.events: list[tuple[str, Event, list[dict], dict[str, bytes]]] = []
-        self.states: list[tuple[str, bool, str | None]] = []
-        self.readings_seen: list = []
-
-    def evidence(self, device_id: str, event: Event, files: list[EvidenceFile]) -> str:
-        listed = [{"name": f.name, "sha256": hashlib.sha256(f.data).hexdigest(), "bytes": len(f.data),
-                   "type": f.type} for f in files]
-        self.events.append((device_id, event, listed, {f.name: f.data for f in files}))
-        return f"gw-{len(self.events)}"
-
-    def event(self, device_id, event):
-        self.events.append((device_id, event, [], {}))
-
-    def device_state(self, device_id, online, error=None):
-        self.states.append((device_id, online, error))
-
-    def readings(self, device_id, readings):
-        self.readings_seen.append(readings)
-
-    def latest(self, device_id, point):
-        return None
 
 
 J = Junction()
@@ -84,11 +57,11 @@ def test_violation_evidence_files_plate_and_sha256_through_the_sink():
     violation, plate, _ = red_light_violation()
     options = camera_options()
     built = build_violation(violation, quality=85, crop=True, plate=True, blur=False)
-    sink = FakeSink()
+    sink = RecordingSink()
     runner = CameraRunner(type("D", (), {"id": "cam-01"})(), options, sink, detector_factory=lambda: None)
     runner._on_result("violation", (1, violation, built))
 
-    (device, event, listed, files), = sink.events
+    (device, event, listed, files), = sink.event_log
     assert device == "cam-01" and event.type == "violation.red_light" and event.severity == "major"
     assert [f["name"] for f in listed] == ["0.jpg", "1.jpg", "2.jpg", "crop.jpg"]
     for entry in listed:
@@ -121,17 +94,15 @@ def test_clip_follows_with_the_violations_event_id():
     worker.start()
     try:
         worker.submit(violation)
-        deadline = time.monotonic() + 10
-        while len(collected) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: len(collected) >= 2, 10, "the violation and its clip from the worker thread")
     finally:
         worker.stop()
     assert [kind for kind, _ in collected] == ["violation", "clip"]
-    sink = FakeSink()
+    sink = RecordingSink()
     runner = CameraRunner(type("D", (), {"id": "cam-01"})(), options, sink, detector_factory=lambda: None)
     for kind, payload in collected:
         runner._on_result(kind, payload)
-    (_, first, _, _), (_, clip_event, listed, files) = sink.events
+    (_, first, _, _), (_, clip_event, listed, files) = sink.event_log
     assert first.data["clip"]["follows"] is True
     assert clip_event.type == "evidence.clip" and clip_event.data["event"] == "gw-1"
     assert [f["name"] for f in listed] == ["clip.mp4"] and listed[0]["type"] == "video/mp4"

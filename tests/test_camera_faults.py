@@ -1,20 +1,24 @@
 """Camera bad input: config mistakes named at load, a model that fails its checks disables only
-that camera, corrupt frames and a missing server keep the camera retrying."""
+that camera, corrupt frames and a missing server keep the camera retrying, and a reader stuck in
+FFmpeg is replaced by the runner's watchdog (on virtual time)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from agent.core.clock import VirtualClock
 from agent.core.config import ConfigError
 from agent.config import load_config
 from drivers.camera.options import Options
-from drivers.camera.runner import CameraRunner, default_detector_factory
-from tests.test_camera_evidence import FakeSink
+from drivers.camera.runner import SIGNAL_POLL, WATCHDOG_SLACK, CameraRunner, default_detector_factory
+from tests.fakes import RecordingSink, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,17 +75,15 @@ def test_a_model_with_the_wrong_sha256_disables_only_that_camera(tmp_path):
     (broken / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     options = Options.model_validate({"url": "rtsp://127.0.0.1:9/none", "model": str(broken / "manifest.yaml"),
                                       "open_timeout": "500ms", "backoff": {"initial": "200ms", "max": "1s"}})
-    sink = FakeSink()
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
     device = type("Device", (), {"id": "cam-01"})()
-    runner = CameraRunner(device, options, sink, detector_factory=default_detector_factory(options))
+    runner = CameraRunner(device, options, sink, detector_factory=default_detector_factory(options), clock=clock)
 
     async def scenario():
         task = asyncio.create_task(runner.run())
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            if runner.disabled:
-                break
-        await asyncio.sleep(0.3)
+        await until(lambda: runner.disabled, 5, "the camera disabled")   # the model is checked in a thread
+        await clock.advance(60)
         assert not task.done()          # the runner lives on (disabled), the agent's loop too
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -91,3 +93,87 @@ def test_a_model_with_the_wrong_sha256_disables_only_that_camera(tmp_path):
     offline = [s for s in sink.states if s[1] is False]
     assert offline and "sha256" in offline[-1][2]
     assert runner.stats()["cam-01"]["disabled"] == runner.disabled
+
+
+class StuckReader:
+    """A reader whose thread is stuck inside FFmpeg: its heartbeat moves only when ``beat()`` is
+    called. It offers the pipeline no frame."""
+
+    def __init__(self) -> None:
+        self.heartbeat = time.monotonic()
+        self._stop = threading.Event()
+        self.started = False
+
+    def beat(self) -> None:
+        self.heartbeat += 1.0
+
+    def start(self) -> "StuckReader":
+        self.started = True
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+
+    def wait_newer(self, seq: int, timeout: float) -> None:
+        self._stop.wait(min(timeout, 0.05))   # the pipeline thread asks; nothing comes
+        return None
+
+    def latest(self) -> None:
+        return None
+
+
+class WatchedRunner(CameraRunner):
+    """A camera runner whose readers are StuckReaders (``readers``: each one it started)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.readers: list[StuckReader] = []
+
+    def _new_reader(self) -> StuckReader:   # type: ignore[override]
+        self.readers.append(StuckReader())
+        return self.readers[-1]
+
+
+def test_a_reader_stuck_past_its_own_timeouts_is_replaced_and_one_that_beats_is_not():
+    # silence allowed: 2 s to open + 3 s without a frame + a 4 s backoff + the slack
+    options = Options.model_validate({"url": "rtsp://127.0.0.1:9/none", "open_timeout": "2s", "read_timeout": "1s",
+                                      "freeze_after": "3s", "backoff": {"initial": "1s", "max": "4s"},
+                                      "stats_interval": "5s"})
+    silence = 2 + 3 + 4 + WATCHDOG_SLACK
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+    runner = WatchedRunner(type("Device", (), {"id": "cam-01"})(), options, sink, detector_factory=lambda: None,
+                           clock=clock)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(runner.run())
+        try:
+            await clock.advance(0)
+            first = runner.readers[0]
+            for _ in range(3):                       # a reader that beats now and then is left alone
+                await clock.advance(silence - 1)
+                first.beat()
+            assert runner.reader_restarts == 0 and len(runner.readers) == 1
+            quiet_since = clock.monotonic()
+            await clock.advance(silence - SIGNAL_POLL)
+            assert runner.reader_restarts == 0
+            # silent for longer than allowed (as seen at its polls, one after the last beat): replaced
+            await clock.advance(3 * SIGNAL_POLL)
+            assert runner.reader_restarts == 1 and len(runner.readers) == 2
+            assert first._stop.is_set() and runner.readers[1].started and runner.reader is runner.readers[1]
+            (state,) = sink.states
+            assert state[1] is False and f"stuck for {silence:.0f}s; starting a new one" in state[2]
+            assert clock.monotonic() - quiet_since == pytest.approx(silence, abs=3 * SIGNAL_POLL)
+            await clock.advance(silence - 1)         # the new reader gets its own allowance
+            assert runner.reader_restarts == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await runner.close()
+        # the stats readings came every stats_interval of the runner's clock (at the poll that reached it)
+        for k, batch in enumerate(sink.batches, start=1):
+            assert 5.0 * k - 1e-6 <= batch.t <= 5.0 * k + SIGNAL_POLL + 1e-6, (k, batch.t)
+        assert len(sink.batches) >= int(clock.monotonic() // 5) - 1
+        assert {r.point for r in sink.batches[0].readings} == {"fps", "infer_ms", "tracks", "violations"}
+
+    asyncio.run(scenario())

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from drivers.camera.reader import Reader, probe
+from tests.fakes import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -115,13 +116,8 @@ class States:
         self.items.append((time.monotonic(), online, message))
 
     def wait(self, predicate, timeout: float) -> tuple[float, bool, str | None]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for item in self.items:
-                if predicate(item):
-                    return item
-            time.sleep(0.02)
-        raise AssertionError(f"no such state change; got {self.items}")
+        return eventually(lambda: next((item for item in self.items if predicate(item)), None), timeout,
+                          f"a state change (got {self.items})", every=0.02)
 
 
 def reader_for(url: str, states: States, **kwargs) -> Reader:
@@ -136,7 +132,7 @@ def test_reader_always_holds_the_newest_frame(stream):
     try:
         states.wait(lambda s: s[1], 10)
         for pause in (0.2, 1.5, 0.7):       # a slow consumer still gets the newest frame, not a backlog
-            time.sleep(pause)
+            time.sleep(pause)               # real time on purpose: the consumer is slow, the stream is not
             frame = reader.latest()
             assert frame is not None
             behind = stream.n - number_of(frame.image)
@@ -160,8 +156,7 @@ def test_a_frozen_stream_is_reported_and_reopened(stream):
         stream.paused = False
         resumed = time.monotonic()
         states.wait(lambda s: s[1] and s[0] > resumed, 8)
-        time.sleep(0.3)
-        assert stream.n - number_of(reader.latest().image) <= 4
+        eventually(lambda: stream.n - number_of(reader.latest().image) <= 4, 0.3, "the reader caught up")
     finally:
         reader.stop()
 
@@ -179,8 +174,7 @@ def test_reconnects_by_itself_after_the_server_restarts(stream):
         up = time.monotonic()
         states.wait(lambda s: s[1] and s[0] > up, 10)
         assert time.monotonic() - up < 10
-        time.sleep(0.3)
-        assert restarted.n - number_of(reader.latest().image) <= 4
+        eventually(lambda: restarted.n - number_of(reader.latest().image) <= 4, 0.3, "the reader caught up")
         assert reader.reconnects >= 1
     finally:
         reader.stop()
@@ -194,14 +188,16 @@ def test_corrupt_frames_do_not_stop_the_reader(stream):
     try:
         states.wait(lambda s: s[1], 10)
         stream.corrupt(0.02)
-        time.sleep(3.0)
+        time.sleep(3.0)                 # real time on purpose: the damage lasts a while before we look
         before = reader.kept
-        time.sleep(2.0)
-        assert reader.alive and reader.kept > before        # frames keep coming through the damage
+        eventually(lambda: reader.kept > before, 2.0, "frames through the damage")
+        assert reader.alive                                 # frames keep coming through the damage
+
+        def repaired() -> bool:                             # the next key frame repairs the picture
+            frame = reader.latest()
+            return time.time() - frame.t < 1.0 and stream.n - number_of(frame.image) <= 4
         stream.corrupt(0.0)
-        time.sleep(1.5)                                     # the next key frame repairs the picture
-        frame = reader.latest()
-        assert time.time() - frame.t < 1.0 and stream.n - number_of(frame.image) <= 4
+        eventually(repaired, 1.5, "a fresh, whole frame")
     finally:
         reader.stop()
 

@@ -19,6 +19,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
+from tests.fakes import eventually  # noqa: E402
 from tests.hardware_sim.camera_sim import CameraSim, draw_stamp, read_stamp  # noqa: E402
 from tests.hardware_sim.junction import Junction, JunctionRenderer, Pedestrian, make_vehicle  # noqa: E402
 from tests.hardware_sim.signal_controller import FAST_PLAN, signal_state_at  # noqa: E402
@@ -36,15 +37,14 @@ def open_capture(url: str, timeout: float = 15.0, fast: bool = False) -> Any:
     ``fast``: skip FFmpeg's stream analysis (about 3 s of the open)."""
     os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp" + (
         "|analyzeduration;0|probesize;32768" if fast else "")
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def opened() -> cv2.VideoCapture | None:
         cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
         if cap.isOpened():
             return cap
         cap.release()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} did not open within {timeout} s")
-        time.sleep(0.3)
+        return None
+    return eventually(opened, timeout, f"{url} to open", every=0.3)
 
 
 def lit_lamp(frame: np.ndarray, junction: Junction) -> str:
@@ -123,9 +123,8 @@ def test_signal_in_frames_follows_the_plan(camera: CameraSim, watched: dict[str,
 
 
 def test_ground_truth_of_the_stream_is_written_and_aligned(camera: CameraSim, watched: dict[str, Any]) -> None:
-    deadline = time.monotonic() + 10
-    while {r["type"] for r in camera.ground_truth()} < {"zone_intrusion", "red_light"} and time.monotonic() < deadline:
-        time.sleep(0.2)
+    eventually(lambda: {r["type"] for r in camera.ground_truth()} >= {"zone_intrusion", "red_light"}, 10,
+               "a zone intrusion and a red light in the ground truth", every=0.2)
     truth = camera.ground_truth()
     assert {r["type"] for r in truth} >= {"zone_intrusion", "red_light"}
     assert read_truth(camera.truth_path) == truth                 # type: ignore[arg-type]

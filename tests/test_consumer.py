@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import contract
+from tests.fakes import eventually
 from tests.hardware_sim.broker import BrokerTls, MosquittoBroker, port_open
 from tests.hardware_sim.certs import make_test_certs
 from tests.hardware_sim.consumer import Consumer
@@ -201,9 +201,7 @@ def test_commands_are_signed_and_not_echoed_to_the_consumer(broker: MosquittoBro
     consumer = consumer_factory(gateway=GW, site=SITE)
     request = consumer.send_command("signal.priority", {"phase": 2, "seconds": 20}, key=b"secret")
 
-    deadline = time.monotonic() + 5
-    while not gateway.received and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: gateway.received, 5, "the request at the gateway")
     (message,) = gateway.received
     assert message.topic == topic("cmd/signal.priority")
     received = orjson.loads(message.payload)
@@ -278,6 +276,7 @@ def test_clis_run_and_stop_on_ctrl_c(tmp_path: Path) -> None:
         consumer_cli = subprocess.Popen([sys.executable, "-m", "tests.hardware_sim.consumer", "--port", str(port),
                                          "--gateway", GW, "--site", SITE], cwd=ROOT, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        printed = ""   # what the consumer printed before ctrl-c: read until all three messages are there
         try:
             assert "listening on" in consumer_cli.stderr.readline()  # type: ignore[union-attr]
             fake = Gateway("127.0.0.1", port)
@@ -285,10 +284,15 @@ def test_clis_run_and_stop_on_ctrl_c(tmp_path: Path) -> None:
             fake.publish(topic("telemetry/aq-01"), telemetry(1, [35.2]))
             fake.publish(topic("event/fp-01"), event(2, severity="bogus"))
             fake.close()
-            time.sleep(0.3)
+            while not all(line in printed for line in ("aq-01: pm25=35.2ug/m3", "DUPLICATE seq=1", "INVALID")):
+                line = consumer_cli.stdout.readline()  # type: ignore[union-attr]
+                if not line:
+                    break
+                printed += line
         finally:
             consumer_cli.send_signal(signal.SIGINT)
             out, err = consumer_cli.communicate(timeout=5)
+        out = printed + out
         assert "telemetry" in out and "aq-01: pm25=35.2ug/m3" in out
         assert "DUPLICATE seq=1" in out and "INVALID" in out and "severity" in out
         assert "duplicates 1, invalid 1" in err

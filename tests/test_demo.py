@@ -4,6 +4,7 @@ contract. One run of 25 s serves every test here."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from agent.demo import CAMERA_ID, SIGNAL_ID, DemoReport, run_demo
 from tests.agent_proc import REPO
+from tests.fakes import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -34,9 +36,9 @@ def gstreamer_available() -> bool:
 
 def run_the_hint(report: DemoReport, results: list[subprocess.CompletedProcess[str]]) -> None:
     """Once the centre hears the agent, send the command the demo's hint line shows, as a user would."""
-    deadline = time.monotonic() + DURATION
-    while not (report.command_hint and report.readings) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    with contextlib.suppress(AssertionError):   # never heard: the command below fails, and says so
+        eventually(lambda: report.command_hint and report.readings, DURATION, "the centre hearing the agent",
+                   every=0.2)
     results.append(subprocess.run(shlex.split(report.command_hint or "false"), cwd=REPO, capture_output=True,
                                   text=True, timeout=30))
 

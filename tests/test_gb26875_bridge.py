@@ -1,5 +1,5 @@
 """The gb26875 bridge against the fire-panel simulator over real sockets and a pty pair, with a
-list sink in place of the agent.
+recording sink (tests/fakes.py) in place of the agent.
 
 What the standard asks and these tests hold it to (GB/T 26875.3-2011):
 - 6.3: the centre confirms each data frame with command 3, echoing its serial number;
@@ -22,49 +22,15 @@ from typing import Any
 import pytest
 
 from agent.core.config import DeviceConfig
-from agent.core.model import Event, Reading
+from agent.core.model import Event
 from firmware_bridges.gb26875 import DRIVER, frame
+from tests.fakes import RecordingSink, connected, until
 from tests.hardware_sim.broker import free_port
 from tests.hardware_sim.fire_panel import FIRE, NORMAL, FirePanel
 
 pytestmark = pytest.mark.timeout(30)
 
 CENTRE = 88888
-
-
-class ListSink:
-    """The agent's side of the DeviceSink contract, recording everything."""
-
-    def __init__(self) -> None:
-        self.got_readings: list[tuple[str, Reading]] = []
-        self.got_events: list[tuple[str, Event]] = []
-        self.states: list[tuple[str, bool, str | None]] = []
-
-    def readings(self, device_id: str, readings: list[Reading]) -> None:
-        self.got_readings += [(device_id, r) for r in readings]
-
-    def event(self, device_id: str, event: Event) -> None:
-        self.got_events.append((device_id, event))
-
-    def device_state(self, device_id: str, online: bool, error: str | None = None) -> None:
-        self.states.append((device_id, online, error))
-
-    def events(self, kind: str | None = None, device: str | None = None) -> list[Event]:
-        return [e for d, e in self.got_events if (kind is None or e.type == kind) and (device is None or d == device)]
-
-    def latest(self, point: str) -> Any:
-        values = [r.value for _, r in self.got_readings if r.point == point]
-        return values[-1] if values else None
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def confirmed(panel: FirePanel, serial: int, timeout: float = 5.0) -> None:
@@ -75,10 +41,10 @@ def device(id: str = "fire-01", **options: Any) -> dict[str, Any]:
     return {"id": id, "driver": "gb26875", "systems": {1: "fire alarm system, building 12"}, **options}
 
 
-def run_bridge(devices: list[dict[str, Any]], body: Callable[[ListSink, list[Any]], Awaitable[None]]) -> ListSink:
+def run_bridge(devices: list[dict[str, Any]], body: Callable[[RecordingSink, list[Any]], Awaitable[None]]) -> RecordingSink:
     """Start the runners of ``devices`` on a fresh loop, run ``body``, stop them."""
-    async def main() -> ListSink:
-        sink = ListSink()
+    async def main() -> RecordingSink:
+        sink = RecordingSink()
         configs = [DeviceConfig.model_validate(d) for d in devices]
         assert DRIVER.validate_devices(configs) == []
         runners = DRIVER.create_runners(configs, sink)
@@ -102,7 +68,7 @@ def listen_device(port: int, **options: Any) -> dict[str, Any]:
 def test_fire_over_tcp_is_confirmed_and_one_critical_event():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         with FirePanel(address=889, centre=CENTRE).connect("127.0.0.1", port) as panel:
             normal = panel.system_status(NORMAL)
             await confirmed(panel, normal)
@@ -117,9 +83,9 @@ def test_fire_over_tcp_is_confirmed_and_one_critical_event():
             assert data["system"] == "sys1-1" and data["system_name"] == "fire alarm system, building 12"
             assert data["status_bits"] == ["fire"] and data["device_time"].endswith("+08:00")
             assert data["serial"] == serial and data["address"] == 889
-            assert sink.latest("sys1-1.c0002000a.status") == NORMAL | FIRE
-            assert sink.latest("sys1-1.components_fire") == 1
-            assert sink.latest("sys1-1.fire") is False   # the system word said normal
+            assert sink.value_of("sys1-1.c0002000a.status") == NORMAL | FIRE
+            assert sink.value_of("sys1-1.components_fire") == 1
+            assert sink.value_of("sys1-1.fire") is False   # the system word said normal
             # the confirm: command 3, the frame's serial number (6.3)
             assert (serial, 3, b"") in panel.received
             stats = runners[0].stats()["fire-01"]
@@ -133,16 +99,17 @@ def test_fire_over_tcp_is_confirmed_and_one_critical_event():
 def test_retransmissions_are_confirmed_but_not_reported_twice():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         with FirePanel(confirm_timeout=0.3).connect("127.0.0.1", port) as panel:
             panel.drop_confirms = 2   # two confirms "lost": the device sends the frame three times
             serial = panel.fire()
             await confirmed(panel, serial)
             assert panel.sent[serial].attempts == 3
             assert panel.confirms.count(serial) == 1 and len([r for r in panel.received if r[0] == serial]) == 3
-            await asyncio.sleep(0.1)
+            # a confirm goes out once its frame is handled: the third one means all three were
+            await until(lambda: runners[0].stats()["fire-01"]["confirms_sent"] == 3, what="the third confirm")
             assert len(sink.events("fire.alarm")) == 1
-            fire_readings = [r for _, r in sink.got_readings if r.point.endswith("c0002000a.status")]
+            fire_readings = [r for r in sink.all_readings() if r.point.endswith("c0002000a.status")]
             assert len(fire_readings) == 1
             stats = runners[0].stats()["fire-01"]
             assert stats["duplicates"] == 2 and stats["confirms_sent"] == 3
@@ -153,15 +120,15 @@ def test_retransmissions_are_confirmed_but_not_reported_twice():
 def test_reset_ends_the_fire_and_a_new_fire_is_reported_again():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         with FirePanel().connect("127.0.0.1", port) as panel:
             for step in (panel.fire, panel.reset, panel.fire):
                 await confirmed(panel, step())
-            assert [e.type for _, e in sink.got_events] == ["fire.alarm", "fire.reset", "fire.alarm"]
+            assert [e.type for e in sink.events()] == ["fire.alarm", "fire.reset", "fire.alarm"]
             reset = sink.events("fire.reset")[0]
             assert reset.severity == "major" and reset.data["cause"] == "reset"
             assert reset.data["components_cleared"] == 1 and "reset" in reset.data["status_bits"]
-            assert sink.latest("sys1-1.components_fire") == 1
+            assert sink.value_of("sys1-1.components_fire") == 1
 
     run_bridge([listen_device(port)], body)
 
@@ -169,17 +136,17 @@ def test_reset_ends_the_fire_and_a_new_fire_is_reported_again():
 def test_normal_fire_fault_reset_sequence():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         with FirePanel().connect("127.0.0.1", port) as panel:
             await until(panel.connected.is_set, what="the panel connected")
             serials = await asyncio.to_thread(panel.scenario, "full", 0.0)
             assert all(panel.sent[s].confirmed_at for s in serials)
-            kinds = [(e.type, e.severity) for _, e in sink.got_events]
+            kinds = [(e.type, e.severity) for e in sink.events()]
             assert kinds == [("fire.alarm", "critical"), ("fire.fault", "major"), ("fire.reset", "major")]
             fault = sink.events("fire.fault")[0].data
             assert fault["component_type_name"] == "manual call point" and fault["description"] == "2层手报模块"
-            assert sink.latest("device.status") == NORMAL and sink.latest("device.fire") is False
-            assert sink.latest("sys1-1.components_fault") == 0   # the reset cleared the fault too
+            assert sink.value_of("device.status") == NORMAL and sink.value_of("device.fire") is False
+            assert sink.value_of("sys1-1.components_fault") == 0   # the reset cleared the fault too
 
     run_bridge([listen_device(port)], body)
 
@@ -187,21 +154,21 @@ def test_normal_fire_fault_reset_sequence():
 def test_device_and_system_level_faults_and_operations():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         with FirePanel().connect("127.0.0.1", port) as panel:
             await confirmed(panel, panel.device_status(NORMAL | 1 << 3))            # main power fault
             await confirmed(panel, panel.system_status(NORMAL | 1 << 9 | 1 << 3))   # backup power, shielded
             await confirmed(panel, panel.device_status(NORMAL))                     # power back
             await confirmed(panel, panel.operation(1 << 2))                         # manual alarm at the panel
             await confirmed(panel, panel.analog(0x00050001, 4, 12))                 # 1.2 MPa
-            kinds = [(e.type, e.severity) for _, e in sink.got_events]
+            kinds = [(e.type, e.severity) for e in sink.events()]
             assert kinds == [("fire.power_fault", "major"), ("fire.shielded", "minor"),
                              ("fire.backup_power_fault", "major"), ("fire.power_fault_cleared", "info"),
                              ("fire.alarm", "critical"), ("fire.operation", "info")]
             assert sink.events("fire.alarm")[0].data["operations"] == ["manual_alarm"]
-            assert sink.latest("sys1-1.backup_power_fault") is True and sink.latest("sys1-1.shielded") is True
-            assert sink.latest("sys1-1.c00050001.pressure_mpa") == 1.2
-            assert sink.latest("device.main_power_fault") is False
+            assert sink.value_of("sys1-1.backup_power_fault") is True and sink.value_of("sys1-1.shielded") is True
+            assert sink.value_of("sys1-1.c00050001.pressure_mpa") == 1.2
+            assert sink.value_of("device.main_power_fault") is False
 
     run_bridge([listen_device(port)], body)
 
@@ -211,7 +178,7 @@ def test_device_and_system_level_faults_and_operations():
 def test_garbage_and_a_bad_checksum_between_frames():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         with FirePanel().connect("127.0.0.1", port) as panel:
             await confirmed(panel, panel.system_status(NORMAL))
             panel.garbage()
@@ -231,7 +198,7 @@ def test_garbage_and_a_bad_checksum_between_frames():
 def test_silent_and_flooding_peers_do_not_block_a_fire():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         loop = asyncio.get_running_loop()
         await until(lambda: runners[0].channel.stats.connections >= 0)
         # a peer that sends half a frame and then nothing, and never reads
@@ -263,20 +230,13 @@ def test_silent_and_flooding_peers_do_not_block_a_fire():
 
 
 async def until_connected(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            return await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+    return await connected(lambda: asyncio.open_connection("127.0.0.1", port))
 
 
 def test_idle_connection_is_closed():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         reader, writer = await until_connected(port)
         assert await asyncio.wait_for(reader.read(), 3) == b""   # closed by the bridge
         writer.close()
@@ -287,7 +247,7 @@ def test_idle_connection_is_closed():
 def test_silent_device_goes_offline_and_comes_back():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         with FirePanel().connect("127.0.0.1", port) as panel:
             await confirmed(panel, panel.system_status(NORMAL))
             await until(lambda: ("fire-01", False, "no frame for 1s") in sink.states or
@@ -302,7 +262,7 @@ def test_silent_device_goes_offline_and_comes_back():
 def test_two_devices_on_one_port_are_told_apart_by_address():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         assert len(runners) == 1
         with FirePanel(address=101).connect("127.0.0.1", port) as a, \
                 FirePanel(address=202).connect("127.0.0.1", port) as b, \
@@ -322,7 +282,7 @@ def test_two_devices_on_one_port_are_told_apart_by_address():
 # -- other transports ------------------------------------------------------------------------
 
 def test_agent_connects_out_to_the_device():
-    async def body(sink: ListSink, runners: list[Any]) -> None:
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
         await confirmed(panel, panel.fire())
         assert len(sink.events("fire.alarm")) == 1
 
@@ -331,15 +291,26 @@ def test_agent_connects_out_to_the_device():
         run_bridge([device(connect={"host": "127.0.0.1", "port": panel.port})], body)
 
 
+def udp_port_taken(port: int) -> bool:
+    """Whether something is bound to the UDP port (checked on the loop's thread, where the bridge
+    binds, so the check cannot take the port from under it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def test_udp():
     port = free_port()
 
-    async def body(sink: ListSink, runners: list[Any]) -> None:
-        await asyncio.sleep(0.2)   # the bridge binds first
+    async def body(sink: RecordingSink, runners: list[Any]) -> None:
+        await until(lambda: udp_port_taken(port), what="the bridge bound to its port")
         with FirePanel().udp("127.0.0.1", port) as panel:
             await confirmed(panel, panel.fire())
             await confirmed(panel, panel.fault())
-            assert [e.type for _, e in sink.got_events] == ["fire.alarm", "fire.fault"]
+            assert [e.type for e in sink.events()] == ["fire.alarm", "fire.fault"]
 
     run_bridge([device(udp={"host": "127.0.0.1", "port": port})], body)
 
@@ -368,7 +339,7 @@ def test_serial_over_a_pty_pair():
     from tests.hardware_sim.modbus_sim import PtyPair
 
     with PtyPair() as pty:
-        async def body(sink: ListSink, runners: list[Any]) -> None:
+        async def body(sink: RecordingSink, runners: list[Any]) -> None:
             await until(lambda: runners[0].channel.stats.links, what="the port open")
             with FirePanel(confirm_timeout=0.3).serial(pty.sim_port) as panel:
                 panel.garbage(b"\x00\x00@@\x05noise")
@@ -377,7 +348,7 @@ def test_serial_over_a_pty_pair():
                 await confirmed(panel, serial)
                 await confirmed(panel, panel.reset())
                 assert panel.sent[serial].attempts == 2
-                assert [e.type for _, e in sink.got_events] == ["fire.alarm", "fire.reset"]
+                assert [e.type for e in sink.events()] == ["fire.alarm", "fire.reset"]
 
         run_bridge([device(serial={"port": pty.agent_port, "baudrate": 9600})], body)
 
@@ -429,42 +400,42 @@ def feed(h: DeviceHandler, sent: list[bytes], f: frame.Frame) -> None:
 
 
 def test_a_late_retransmission_never_clears_a_newer_fire():
-    sink = ListSink()
+    sink = RecordingSink()
     h, sent = handler(sink)
     normal = component_frame(1, 7, NORMAL)
     feed(h, sent, normal)
     feed(h, sent, component_frame(2, 7, NORMAL | FIRE))
     feed(h, sent, normal)   # the device re-sends serial 1 (its confirm was lost) after serial 2
-    assert [e.type for _, e in sink.got_events] == ["fire.alarm"]
+    assert [e.type for e in sink.events()] == ["fire.alarm"]
     assert h.stats.duplicates == 1 and h.stats.confirms_sent == 3
 
 
 def test_a_resent_fire_after_a_reset_is_raised_again():
     # Never drop a new fire: a frame identical to one seen (same serial, same data) can be a new fire
     # from a device whose serial numbers restarted and whose clock is unset.
-    sink = ListSink()
+    sink = RecordingSink()
     h, sent = handler(sink)
     fire_frame = component_frame(1, 7, NORMAL | FIRE)
     feed(h, sent, fire_frame)
     reset = appdata.encode_unit(1, [appdata.encode_system_status(1, 1, NORMAL | 1 << 13, LABEL)])
     feed(h, sent, frame.parse(frame.build(2, 2, reset, source=889, destination=CENTRE)))
     feed(h, sent, fire_frame)
-    assert [e.type for _, e in sink.got_events] == ["fire.alarm", "fire.reset", "fire.alarm"]
+    assert [e.type for e in sink.events()] == ["fire.alarm", "fire.reset", "fire.alarm"]
 
 
 def test_component_points_are_bounded_but_events_are_not():
-    sink = ListSink()
+    sink = RecordingSink()
     h, sent = handler(sink, max_component_points=2)
     for address in range(5):
         feed(h, sent, component_frame(10 + address, address, NORMAL | FIRE))
     assert len(sink.events("fire.alarm")) == 5
-    status_points = {r.point for _, r in sink.got_readings if r.point.endswith(".status") and ".c" in r.point}
+    status_points = {r.point for r in sink.all_readings() if r.point.endswith(".status") and ".c" in r.point}
     assert len(status_points) == 2 and h.stats.points_dropped == 3
-    assert sink.latest("sys1-1.components_fire") == 5
+    assert sink.value_of("sys1-1.components_fire") == 5
 
 
 def test_a_truncated_unit_still_raises_the_fire_it_holds():
-    sink = ListSink()
+    sink = RecordingSink()
     h, sent = handler(sink)
     two = appdata.encode_unit(2, [appdata.encode_component_status(1, 1, 40, a, NORMAL | FIRE, "烟感", LABEL)
                                   for a in (1, 2)])
@@ -474,7 +445,7 @@ def test_a_truncated_unit_still_raises_the_fire_it_holds():
 
 
 def test_no_confirm_when_the_agent_cannot_take_the_fire_and_the_retry_raises_it():
-    class FailingOnce(ListSink):
+    class FailingOnce(RecordingSink):
         failed = False
 
         def event(self, device_id: str, event: Event) -> None:
@@ -493,7 +464,7 @@ def test_no_confirm_when_the_agent_cannot_take_the_fire_and_the_retry_raises_it(
 
 
 def test_requests_and_unknown_commands_are_denied():
-    sink = ListSink()
+    sink = RecordingSink()
     h, sent = handler(sink)
     for command in (1, 4, 7, 200):
         feed(h, sent, frame.parse(frame.build(command, command, bytes([81, 1, 0]), source=889, destination=CENTRE)))
@@ -510,7 +481,7 @@ def system_component_frame(serial: int, system: tuple[int, int], address: int, s
 
 def test_a_system_beyond_max_systems_still_raises_its_fires_but_is_not_remembered():
     assert Options.model_validate({"listen": {"port": 1}}).max_systems == 256
-    sink = ListSink()
+    sink = RecordingSink()
     h, sent = handler(sink, max_systems=1)
     feed(h, sent, system_component_frame(1, (1, 1), 7, NORMAL | FIRE))
     feed(h, sent, system_component_frame(2, (1, 2), 7, NORMAL | FIRE))   # a second system: beyond the bound
@@ -518,23 +489,23 @@ def test_a_system_beyond_max_systems_still_raises_its_fires_but_is_not_remembere
     feed(h, sent, system_component_frame(4, (1, 1), 7, NORMAL | FIRE))   # remembered: nothing new
     assert [e.data["system"] for e in sink.events("fire.alarm")] == ["sys1-1", "sys1-2", "sys1-2"]
     assert h.stats.systems_dropped == 2 and len(sent) == 4
-    assert sink.latest("sys1-1.components_fire") == 1
-    assert sink.latest("sys1-2.components_fire") is None   # its components are not counted: unknown
-    assert sink.latest("sys1-2.c00000007.status") == NORMAL | FIRE   # readings of what it said still go out
+    assert sink.value_of("sys1-1.components_fire") == 1
+    assert sink.value_of("sys1-2.components_fire") is None   # its components are not counted: unknown
+    assert sink.value_of("sys1-2.c00000007.status") == NORMAL | FIRE   # readings of what it said still go out
 
 
 def test_max_components_forgets_the_least_recently_seen_quiet_component_first():
-    sink = ListSink()
+    sink = RecordingSink()
     h, sent = handler(sink, max_components=2)
     for serial, (address, status) in enumerate([(1, FIRE), (2, 0), (3, FIRE),   # 2 (quiet) is forgotten
                                                 (1, FIRE), (1, 0),               # 1 was kept: cleared
                                                 (4, FIRE), (5, FIRE),            # 1 (quiet), then 3 forgotten
                                                 (3, FIRE), (5, FIRE)], start=1):
         feed(h, sent, component_frame(serial, address, NORMAL | status))
-    assert [(e.type, e.data["component_address"]) for _, e in sink.got_events] == [
+    assert [(e.type, e.data["component_address"]) for e in sink.events()] == [
         ("fire.alarm", 1), ("fire.alarm", 3), ("fire.reset", 1), ("fire.alarm", 4), ("fire.alarm", 5),
         ("fire.alarm", 3)]   # 3 was forgotten when all were in fire: its fire is raised again, 5's is not
-    assert sink.latest("sys1-1.components_fire") == 2
+    assert sink.value_of("sys1-1.components_fire") == 2
 
 
 def test_undo_takes_back_exactly_what_a_frame_changed():

@@ -21,10 +21,10 @@ import orjson
 import pytest
 
 from agent.core.config import DeviceConfig
-from agent.core.model import Event, Reading
 from firmware_bridges.gb26875 import appdata, frame
 from firmware_bridges.gb26875.options import Options
 from firmware_bridges.gb26875.session import DeviceHandler, Link
+from tests.fakes import RecordingSink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,21 +34,6 @@ DEFAULT_CPU_BUDGET_MS = 20   # what a new case's expected.json starts with
 PER_FRAME = 22               # component status records per frame: the standard's maximum (8.3.1)
 LABEL = bytes([5, 4, 3, 2, 1, 24])
 CENTRE = 88888
-
-
-class CaseSink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.readings_seen: list[Reading] = []
-
-    def readings(self, device_id: str, readings: list[Reading]) -> None:
-        self.readings_seen += readings
-
-    def event(self, device_id: str, event: Event) -> None:
-        self.events.append(event)
-
-    def device_state(self, device_id: str, online: bool, error: str | None = None) -> None:
-        pass
 
 
 def setup_frames(setup: dict[str, Any], source: int) -> list[frame.Frame]:
@@ -73,15 +58,15 @@ def run_case(case: Path) -> dict[str, Any]:
     setup = orjson.loads((case / "setup.json").read_bytes()) if (case / "setup.json").exists() else {}
     config = DeviceConfig.model_validate({"id": "case", "driver": "gb26875", "listen": {"port": 9026},
                                           "address": 889, **setup.get("options", {})})
-    sink = CaseSink()
+    sink = RecordingSink()
     handler = DeviceHandler(config, Options.model_validate(config.model_extra), sink)
     answers: list[bytes] = []
     link = Link("case", answers.append)
     for f in setup_frames(setup, 889):
         handler.on_frame(f, link)
-    setup_events = Counter(e.type for e in sink.events)
-    sink.events.clear()
-    sink.readings_seen.clear()
+    setup_events = Counter(sink.event_types())
+    sink.event_log.clear()
+    sink.batches.clear()
     answers.clear()
     frames = case_frames(case)
     for f in frames[:-1]:
@@ -92,9 +77,9 @@ def run_case(case: Path) -> dict[str, Any]:
     cpu_ms = (time.thread_time() - started) * 1000
     return {
         "setup_events": dict(sorted(setup_events.items())),
-        "events": dict(sorted(Counter(e.type for e in sink.events).items())),
-        "components_cleared": [e.data["components_cleared"] for e in sink.events if "components_cleared" in e.data],
-        "readings": {r.point: r.value for r in sink.readings_seen},
+        "events": dict(sorted(Counter(sink.event_types()).items())),
+        "components_cleared": [e.data["components_cleared"] for e in sink.events() if "components_cleared" in e.data],
+        "readings": {r.point: r.value for r in sink.all_readings()},
         "confirms": sum(1 for a in answers if frame.parse(a).command == frame.Command.CONFIRM),
         "cpu_ms": cpu_ms,
     }

@@ -1,6 +1,6 @@
 """The HJ 212 bridge over real sockets (and a socat pty pair) against the logger simulator.
 
-The sink is a list collector (our interface to the agent); the simulator has its own framing and
+The sink records what the bridge delivers (tests/fakes.py; our interface to the agent); the simulator has its own framing and
 CRC (tests/hardware_sim/hj212_logger.py), so the answers it accepts were checked independently.
 """
 
@@ -19,10 +19,11 @@ import yaml
 
 from agent.core.config import ConfigError, DeviceConfig
 from agent.config import load_config
-from agent.core.model import Event, Reading
+from agent.core.model import Reading
 from agent.core.registry import get_driver
 from firmware_bridges.hj212.frame import MAX_FRAME_BYTES, build_frame
 from firmware_bridges.hj212.server import TcpListener
+from tests.fakes import RecordingSink, until
 from tests.hardware_sim.hj212_logger import AIR_VALUES, Hj212Logger, frame
 from tests.hardware_sim.pty import PtyPair
 
@@ -30,26 +31,6 @@ pytestmark = pytest.mark.timeout(30)
 
 MN = "010000A8900016F000169DC0"
 DRIVER = get_driver("hj212")
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[tuple[str, list[Reading]]] = []
-        self.states: list[tuple[str, bool, str | None]] = []
-        self.events: list[tuple[str, Event]] = []
-
-    def readings(self, device_id: str, readings: list[Reading]) -> None:
-        self.batches.append((device_id, list(readings)))
-
-    def event(self, device_id: str, event: Event) -> None:
-        self.events.append((device_id, event))
-
-    def device_state(self, device_id: str, online: bool, error: str | None = None) -> None:
-        self.states.append((device_id, online, error))
-
-    def points(self, device_id: str) -> dict[str, Reading]:
-        """The latest reading of each point of a device."""
-        return {r.point: r for d, batch in self.batches if d == device_id for r in batch}
 
 
 def device(device_id: str = "aq-01", mn: str = MN, **options: Any) -> DeviceConfig:
@@ -60,7 +41,7 @@ def device(device_id: str = "aq-01", mn: str = MN, **options: Any) -> DeviceConf
 class Running:
     """A listener runner started on the test's loop."""
 
-    def __init__(self, devices: list[DeviceConfig], sink: Sink, wait: bool = True):
+    def __init__(self, devices: list[DeviceConfig], sink: RecordingSink, wait: bool = True):
         [self.runner] = DRIVER.create_runners(devices, sink)
         self.task: asyncio.Task[None] | None = None
         self.wait = wait
@@ -88,18 +69,11 @@ class Running:
         return logger
 
 
-async def until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 # -- uploads and answers --------------------------------------------------------------------------
 
 def test_uploads_are_answered_and_become_named_readings():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device(st=22)], sink) as running:
             logger = await running.logger()
             answer = await logger.send_realtime({"a34004": 35.2, "a21026": 12.5, "a21005": 0.8, "a01001": -3.5})
@@ -138,7 +112,7 @@ def test_refusals_carry_the_right_qnrtn_and_nothing_is_ingested(tmp_path: Path):
     password.chmod(0o600)    # the agent refuses world-readable secrets
 
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device(st=22, password={"file": str(password)})], sink) as running:
             wrong = await running.logger(pw="123456")
             answer = await wrong.send_realtime()
@@ -170,7 +144,7 @@ def test_unknown_mn_is_counted_logged_once_and_ignored(caplog):
     caplog.set_level(logging.WARNING, "firmware_bridges.hj212")
 
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device()], sink) as running:
             stranger = await running.logger(mn="NOTCONFIGURED01", timeout=0.2)
             for _ in range(3):
@@ -188,7 +162,7 @@ def test_unknown_mn_is_counted_logged_once_and_ignored(caplog):
 
 def test_two_stations_share_one_listener_routed_by_mn():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         devices = [device("aq-01", "MN0001"), device("aq-02", "MN0002")]
         async with Running(devices, sink) as running:
             one, two = await running.logger("MN0001"), await running.logger("MN0002")
@@ -203,13 +177,13 @@ def test_two_stations_share_one_listener_routed_by_mn():
 
 def test_split_upload_is_answered_per_part_and_ingested_once():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device()], sink) as running:
             logger = await running.logger()
             answers = await logger.send_split(2011, logger.realtime_cp(), 3, cut_anywhere=True, order=[2, 3, 1])
             assert [a["CN"] for a in answers] == ["9014"] * 3
             assert len(sink.batches) == 1
-            assert {r.point for r in sink.batches[0][1]} >= {"pm25", "pm10", "so2", "wind_direction"}
+            assert {r.point for r in sink.batches[0].readings} >= {"pm25", "pm10", "so2", "wind_direction"}
             assert sink.points("aq-01")["pm25"].value == AIR_VALUES["a34004"]
             await logger.close()
 
@@ -218,7 +192,7 @@ def test_split_upload_is_answered_per_part_and_ingested_once():
 
 def test_garbage_between_frames_over_tcp_loses_nothing():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device()], sink) as running:
             logger = await running.logger(ack=False)
             frames = [frame(logger.segment(2011, logger.realtime_cp(values={"a34004": float(i)})))
@@ -227,7 +201,7 @@ def test_garbage_between_frames_over_tcp_loses_nothing():
             last = frame(logger.segment(2011, logger.realtime_cp(values={"a34004": 5.0})))
             await logger.send_raw(blob + logger.truncated_frame() + last)
             await until(lambda: len(sink.batches) == 6)
-            assert [b[1][0].value for b in sink.batches] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+            assert [b.readings[0].value for b in sink.batches] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
             await logger.close()
 
     asyncio.run(scenario())
@@ -235,7 +209,7 @@ def test_garbage_between_frames_over_tcp_loses_nothing():
 
 def test_a_2005_logger_is_ingested_without_answers():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device(mn="88888880000001")], sink) as running:
             logger = await running.logger(mn="88888880000001", version=2005, st=32,
                                           values={"B01": 12.5, "011": 33.1})
@@ -251,7 +225,7 @@ def test_a_2005_logger_is_ingested_without_answers():
 
 def test_time_calibration_request_gets_9013_and_a_clock_setting():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device(time_sync=True)], sink) as running:
             logger = await running.logger()
             answer = await logger.send_segment(logger.segment(1013, ""))
@@ -268,7 +242,7 @@ def test_time_calibration_request_gets_9013_and_a_clock_setting():
 
 def test_a_silent_station_goes_offline_and_comes_back():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device(stale_after="1s")], sink) as running:
             logger = await running.logger()
             await logger.send_realtime()
@@ -285,7 +259,7 @@ def test_a_silent_station_goes_offline_and_comes_back():
 
 def test_a_station_never_heard_of_is_reported_offline():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device(stale_after="1s")], sink):
             await until(lambda: sink.states, 3)
             assert sink.states[0][1] is False and "since the agent started" in sink.states[0][2]
@@ -297,7 +271,7 @@ def test_a_station_never_heard_of_is_reported_offline():
 
 def test_slow_loris_and_oversize_clients_do_not_block_a_good_logger():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         listen = {"host": "127.0.0.1", "port": 0, "frame_timeout": "1s", "idle_timeout": "5s"}
         async with Running([device(listen=listen)], sink) as running:
             listener: TcpListener = running.runner   # type: ignore[assignment]
@@ -319,6 +293,8 @@ def test_slow_loris_and_oversize_clients_do_not_block_a_good_logger():
                 latencies.append(time.perf_counter() - start)
                 for connection in listener.connections:
                     assert connection.framer.pending <= MAX_FRAME_BYTES
+                # real time on purpose: the attackers get their time between two uploads, and the
+                # listener's frame and idle timeouts must run out on them meanwhile
                 await asyncio.sleep(0.15)
             assert max(latencies) < 0.5, latencies
             await until(lambda: loris.closed_by_peer and flood.closed_by_peer, 5)
@@ -364,7 +340,7 @@ def test_a_peer_streaming_frame_headers_never_holds_the_event_loop():
 
 def test_max_connections_makes_room_by_dropping_silent_peers():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         listen = {"host": "127.0.0.1", "port": 0, "max_connections": 3}
         async with Running([device(listen=listen)], sink) as running:
             listener: TcpListener = running.runner   # type: ignore[assignment]
@@ -391,7 +367,7 @@ def test_listener_retries_when_the_port_is_taken():
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device(listen={"host": "127.0.0.1", "port": port})], sink, wait=False) as running:
             await until(lambda: "cannot listen" in (running.runner.stats()["aq-01"]["last_error"] or ""), 3)
             blocker.close()
@@ -412,7 +388,7 @@ def test_a_serial_logger_over_a_pty_pair(tmp_path: Path):
     try:
 
         async def scenario():
-            sink = Sink()
+            sink = RecordingSink()
             config = DeviceConfig.model_validate({"id": "wq-01", "driver": "hj212", "mn": "W0001", "st": 21,
                                                   "serial": {"port": str(a), "baudrate": 9600}})
             async with Running([config], sink) as running:
@@ -489,7 +465,7 @@ def test_sample_config_loads(tmp_path: Path):
 
 
 def test_no_answer_when_the_agent_cannot_take_the_data():
-    class FullSink(Sink):
+    class FullSink(RecordingSink):
         def readings(self, device_id: str, readings: list[Reading]) -> None:
             raise OSError("disk full")
 
@@ -501,7 +477,7 @@ def test_no_answer_when_the_agent_cannot_take_the_data():
             assert await logger.send_segment(segment) is None, "a 9014 would make the logger discard the data"
             assert running.runner.stats()["aq-01"]["errors"] == 1
             # the agent recovers; the logger's resend is taken (not mistaken for a duplicate)
-            sink.readings = Sink.readings.__get__(sink)   # type: ignore[method-assign]
+            sink.readings = RecordingSink.readings.__get__(sink)   # type: ignore[method-assign]
             assert (await logger.send_segment(segment))["CN"] == "9014"
             assert len(sink.batches) == 1
             await logger.close()
@@ -511,7 +487,7 @@ def test_no_answer_when_the_agent_cannot_take_the_data():
 
 def test_a_resent_upload_is_answered_but_not_ingested_twice():
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device()], sink) as running:
             logger = await running.logger()
             segment = logger.segment(2011, logger.realtime_cp())
@@ -520,7 +496,7 @@ def test_a_resent_upload_is_answered_but_not_ingested_twice():
             # a logger that never changes its QN still gets new data in
             other = segment.replace("a34004-Rtd=35.2", "a34004-Rtd=36.0")
             assert (await logger.send_segment(other))["CN"] == "9014"
-            assert [b[1][0].value for b in sink.batches] == [35.2, 36.0]
+            assert [b.readings[0].value for b in sink.batches] == [35.2, 36.0]
             assert running.runner.stats()["aq-01"]["duplicates"] == 1
             await logger.close()
 

@@ -3,14 +3,13 @@ the reference consumer, which checks every message against the contract's JSON S
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.agent_proc import AgentProcess, agent_config
+from tests.fakes import connected
 from tests.hardware_sim.hj212_logger import Hj212Logger, ThreadedLogger, frame
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,15 +27,7 @@ def free_port() -> int:
 
 async def connect(logger: Hj212Logger, port: int, timeout: float = 15.0) -> None:
     """The agent binds its listener a moment after it starts: retry until it does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await logger.connect("127.0.0.1", port)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    await connected(lambda: logger.connect("127.0.0.1", port), timeout)
 
 
 def test_station_readings_arrive_named_with_units_and_valid(tmp_path: Path, broker, consumer_factory):

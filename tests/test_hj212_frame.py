@@ -28,8 +28,8 @@ from firmware_bridges.hj212.frame import (
 from firmware_bridges.hj212.mapping import LocalClock, PointMapper, map_upload, number
 from firmware_bridges.hj212.options import PointOverride
 from firmware_bridges.hj212.reassembly import Reassembler, join
-from agent.core.model import Reading
 from firmware_bridges.hj212.replies import data_answer, request_answer
+from tests.fakes import RecordingSink
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -472,18 +472,6 @@ def test_decode_cli_bad_crc_exits_1_naming_expected_and_found():
 
 # -- any frame through a station --------------------------------------------------------------
 
-class _ListSink:
-    def __init__(self) -> None:
-        self.readings_seen: list[Reading] = []
-
-    def readings(self, device_id, readings) -> None:
-        self.readings_seen += readings
-
-    def event(self, device_id, event) -> None: ...
-
-    def device_state(self, device_id, online, error=None) -> None: ...
-
-
 class _Session:
     name = "test"
 
@@ -512,12 +500,12 @@ def test_any_frame_through_a_station_never_raises_and_answers_are_valid_frames(q
         frame = parse_segment(f"QN={qn};ST={st_};CN={cn};PW=123456;MN=M1;Flag={flag};{packet}CP=&&{cp}&&")
     except FrameError:
         return
-    sink = _ListSink()
+    sink = RecordingSink()
     station = Station("dev", Options(listen={"port": 9212}, mn="M1", flag_points=True, time_sync=True), sink, None)
     for answer in station.handle(frame, _Session()):
         decoded = decode_frame(answer)
         assert decoded.mn == "M1" and check_header(decoded) is None
-    for reading in sink.readings_seen:
+    for reading in sink.all_readings():
         assert reading.value is None or isinstance(reading.value, (int, float, str))
         assert isinstance(reading.value, str) or reading.value is None or reading.value - reading.value == 0
         assert 1_000_000_000_000 <= reading.t <= 9_999_999_999_999
@@ -538,20 +526,14 @@ def run_case(case: Path) -> dict:
     from firmware_bridges.hj212.router import Router
     from firmware_bridges.hj212.station import Station
 
-    class CaseSink(_ListSink):
-        events: list = []
-
+    class CaseSink(RecordingSink):
         def readings(self, device_id, readings) -> None:
             orjson.dumps([r.to_wire() for r in readings])   # raises where the outbox would
             super().readings(device_id, readings)
 
-        def event(self, device_id, event) -> None:
-            self.events.append([event.type, event.data])
-
     options = yaml.safe_load((case / "options.yaml").read_text()) or {}
     options.setdefault("listen", {"port": 9212})
     sink = CaseSink()
-    sink.events = []
     station = Station("dev", Options.model_validate(options), sink, None)
     router = Router("case", [station])
     data = "".join(line + "\r\n" for line in (case / "input.txt").read_text().splitlines()).encode()
@@ -559,8 +541,8 @@ def run_case(case: Path) -> dict:
     answers = router.handle(items, _Session())
     return {
         "errors": [item.reason for item in items if isinstance(item, FrameError)],
-        "readings": [[r.point, r.value, r.unit, r.q, r.t] for r in sink.readings_seen],
-        "events": sink.events,
+        "readings": [[r.point, r.value, r.unit, r.q, r.t] for r in sink.all_readings()],
+        "events": [[e.type, e.data] for e in sink.events()],
         "answers": [decode_frame(a).segment for a in answers],
         "unknown_mn_frames": router.stats.unknown_mn_frames,
     }

@@ -24,6 +24,8 @@ from pymodbus.framer import FramerRTU
 
 from drivers.modbus import codec
 from drivers.modbus.profile import load_profile
+from tests.fakes import until
+from tests.hardware_sim.broker import port_open
 from tests.hardware_sim.modbus_sim import (
     DEFAULT_PROFILE_DIRS, Fault, FaultMode, ModbusSim, PtyPair, ValueModel, fleet_points,
     points_from_profile, write_fleet_profile,
@@ -280,7 +282,7 @@ async def test_drop_closes_connections_and_restarts_the_listener(profile_dirs) -
         await sim.drop(downtime=0.6)
         with pytest.raises(OSError):                                  # nobody listening now
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        await asyncio.sleep(0.9)
+        await until(lambda: port_open("127.0.0.1", port), 0.9, "the listener back")
         assert sim.tcp_address[1] == port                             # back on the same port
         client = tcp_client(sim)
         assert await client.connect()
@@ -367,8 +369,7 @@ def test_run_in_thread_with_a_sync_client(profile_dirs) -> None:
             sim.set_fault(4, "exception:6")
             assert client.read_holding_registers(2, count=2, device_id=4).exception_code == 0x06
             sim.set_fault(4, "none")
-            sim.drop()
-            time.sleep(0.1)
+            sim.drop()   # returns once the simulator's thread has closed the connection
             with pytest.raises((ConnectionException, ModbusIOException)):
                 client.read_holding_registers(2, count=2, device_id=4)
         finally:

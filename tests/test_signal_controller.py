@@ -3,7 +3,10 @@ v3), and the Modbus I/O path over Modbus TCP; plus one run through the real agen
 
 The simulator runs the 9 s FAST_PLAN in its own thread; the runner under test runs in the test's
 event loop, as in the agent. Times are the simulator's wall clock, so a reading's ``t`` can be
-compared with the plan directly.
+compared with the plan directly: the tests that watch the plan or the controller's own sequence
+(yellow, all-red, dwell) keep the real clock. The tests of the agent's own timers (centre silence,
+refreshes, release retries) run the runner on a virtual clock over the same real SNMP; its timers
+are also tested to the millisecond against a fake controller in tests/test_signal_priority.py.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from typing import Any
 
 import pytest
 
+from agent.core.clock import SYSTEM, Clock, VirtualClock
 from agent.core.config import ConfigError, DeviceConfig, ReportPolicy
 from agent.config import load_config
-from agent.core.model import Event, Reading
+from agent.core.model import Reading
 from agent.report import ReportFilter
 from agent.core.registry import get_driver
 from firmware_bridges.signal_controller.errors import ControllerOffline, PriorityRefused, Refused
 from firmware_bridges.signal_controller.phases import LampDecoder, decode_groups
 from firmware_bridges.signal_controller.runner import SignalRunner
 from tests.agent_proc import AgentProcess, agent_config
+from tests.fakes import RecordingSink, eventually, until
 from tests.hardware_sim.signal_controller import (
     DEFAULT_PLAN, FAST_PLAN, SignalControllerSim, ThreadedSignalSim, ped_state_at, signal_state_at,
 )
@@ -47,46 +52,18 @@ ENTRY_BOUND_S = FAST_PLAN.stages[0].yellow + FAST_PLAN.stages[0].all_red + 1.0
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-class Sink:
-    """Records what a runner hands to the agent, with the report policy a technician would set."""
+class ReportingSink(RecordingSink):
+    """Records what a runner hands to the agent, and (``sent``) what the report policy a technician
+    would set lets through."""
 
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-        self.events: list[Event] = []
-        self.states: list[tuple[bool, str | None]] = []
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        super().__init__(clock)
         self.sent: list[Reading] = []      # after report: {mode: on_change, max_silence: 10s}
         self._filter = ReportFilter(ReportPolicy(mode="on_change", max_silence=10))
 
-    def readings_cb(self, device_id: str, readings: list[Reading]) -> None:
-        self.readings += readings
-        self.sent += self._filter.apply(readings)
-
-    def event(self, device_id: str, event: Event) -> None:
-        self.events.append(event)
-
-    def device_state(self, device_id: str, online: bool, error: str | None = None) -> None:
-        self.states.append((online, error))
-
-    def latest(self, point: str) -> Any:
-        found = [r for r in self.readings if r.point == point]
-        return found[-1].value if found else None
-
-    def event_types(self) -> list[str]:
-        return [e.type for e in self.events]
-
-
-class _SinkAdapter:
-    def __init__(self, sink: Sink):
-        self.sink = sink
-
     def readings(self, device_id: str, readings: list[Reading]) -> None:
-        self.sink.readings_cb(device_id, readings)
-
-    def event(self, device_id: str, event: Event) -> None:
-        self.sink.event(device_id, event)
-
-    def device_state(self, device_id: str, online: bool, error: str | None = None) -> None:
-        self.sink.device_state(device_id, online, error)
+        super().readings(device_id, readings)
+        self.sent += self._filter.apply(readings)
 
 
 def ntcip_entry(port: int, *, poll: str = "100ms", v3: tuple[str, str] | None = None, **priority: Any) -> dict[str, Any]:
@@ -114,10 +91,12 @@ def _entry(protocol: str, connection: dict[str, Any], preempts: dict[int, int], 
 
 
 @contextlib.asynccontextmanager
-async def running(device: DeviceConfig, sink: Sink) -> AsyncIterator[SignalRunner]:
-    """A runner of the real driver, run like the agent does: run() as a task, close() after cancel."""
-    runner = get_driver("signal_controller").create_runners([device], _SinkAdapter(sink))[0]
-    assert isinstance(runner, SignalRunner)
+async def running(device: DeviceConfig, sink: RecordingSink, clock: Clock = SYSTEM) -> AsyncIterator[SignalRunner]:
+    """A runner of the real driver on ``clock``, run like the agent does: run() as a task, close()
+    after cancel."""
+    driver = get_driver("signal_controller")
+    assert driver.validate_devices([device]) == []
+    runner = SignalRunner(device, driver.options(device), sink, clock=clock)
     task = asyncio.create_task(runner.run())
     try:
         yield runner
@@ -127,23 +106,8 @@ async def running(device: DeviceConfig, sink: Sink) -> AsyncIterator[SignalRunne
         await runner.close()
 
 
-async def until(predicate: Any, timeout: float, what: str) -> float:
-    """Wait (in the test's loop) until predicate() holds; returns the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
-def eventually(predicate: Any, timeout: float, what: str) -> None:
-    """until() for code outside the event loop."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+# a runner's tasks asleep on its clock when it is idle: the link's poll loop and the priority watchdog
+RUNNER_SLEEPERS = 2
 
 
 def expected_colours(sim: ThreadedSignalSim, t_ms: int) -> list[dict[int, str]]:
@@ -276,28 +240,30 @@ def test_sample_config_is_valid():
 # -- NTCIP over real UDP SNMP ---------------------------------------------------------------------------
 
 def test_ntcip_phase_states_match_the_plan_and_changes_are_published(sim):
-    sink = Sink()
+    sink = ReportingSink()
 
     async def scenario() -> None:
         async with running(ntcip_device(sim.snmp_address[1]), sink):
-            await asyncio.sleep(FAST_PLAN.stages[0].duration + 0.3)   # at least one whole stage
+            # a wall-clock window on purpose: the simulator's plan runs on real time, and the
+            # readings must follow it through at least one whole stage
+            await asyncio.sleep(FAST_PLAN.stages[0].duration + 0.3)
 
     asyncio.run(scenario())
-    phase_readings = [r for r in sink.readings if r.point.startswith("phase")]
+    phase_readings = [r for r in sink.all_readings() if r.point.startswith("phase")]
     assert len(phase_readings) >= 4 * 30
     mismatches = [(r.point, r.value, r.t) for r in phase_readings
                   if not any(e[int(r.point[5:])] == r.value for e in expected_colours(sim, r.t))]
     assert not mismatches, mismatches[:5]
-    for r in (r for r in sink.readings if r.point.startswith("ped")):
+    for r in (r for r in sink.all_readings() if r.point.startswith("ped")):
         at = sim.controller.plan_time(r.t / 1000)
         assert r.value in {ped_state_at(at - d, FAST_PLAN)[int(r.point[3:])] for d in (0.0, 0.05, 0.12)}
-    assert {r.value for r in sink.readings if r.point == "ped2"} | {r.value for r in sink.readings if r.point == "ped4"} \
+    assert {r.value for r in sink.all_readings() if r.point == "ped2"} | {r.value for r in sink.all_readings() if r.point == "ped4"} \
         >= {"walk", "flashing", "dont_walk"}
-    assert sink.latest("preempt") is False and sink.latest("preempt_state") == "notActive"
-    assert sink.states == [(True, None)]
+    assert sink.value_of("preempt") is False and sink.value_of("preempt_state") == "notActive"
+    assert sink.states == [(DEVICE, True, None)]
     # on_change: exactly one reading per point per change (the first of each point, then each change)
     for point in ("phase2", "phase4"):
-        values = [r.value for r in sink.readings if r.point == point]
+        values = [r.value for r in sink.all_readings() if r.point == point]
         changes = [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
         assert [r.value for r in sink.sent if r.point == point] == changes
     seen = [r.value for r in sink.sent if r.point in ("phase2", "phase4")]
@@ -305,27 +271,31 @@ def test_ntcip_phase_states_match_the_plan_and_changes_are_published(sim):
 
 
 def test_ntcip_priority_turns_the_phase_green_and_is_released_at_expiry(sim):
-    sink = Sink()
+    # real time: the green comes after the simulated controller's own yellow and all-red, which run
+    # on the wall clock (the expiry itself is timed on virtual time in test_signal_priority.py)
+    sink = ReportingSink()
 
     async def scenario() -> None:
         async with running(ntcip_device(sim.snmp_address[1]), sink) as runner:
-            await until(lambda: sink.latest("phase2") is not None, 3, "first poll")
+            await until(lambda: sink.value_of("phase2") is not None, 3, "first poll")
             phase = not_green_phase(sim)
             grant = await runner.request_priority(DEVICE, phase, duration_s=2, source="cmd-17")
             assert grant.phase == phase and grant.granted_s == 2 and not grant.clamped
             assert sim.preempt_asserted({2: 1, 4: 2}[phase])
-            took = await until(lambda: sink.latest(f"phase{phase}") == "green", ENTRY_BOUND_S, "the preempted green")
+            asked = time.monotonic()
+            await until(lambda: sink.value_of(f"phase{phase}") == "green", ENTRY_BOUND_S, "the preempted green")
+            took = time.monotonic() - asked
             assert sim.view().mode == "dwell" and sim.view().dwell_phase == phase
-            assert sink.latest("preempt") is True and sink.latest("preempt_state") == "dwell"
+            assert sink.value_of("preempt") is True and sink.value_of("preempt_state") == "dwell"
             # the agent's timer ends it, and the controller goes back to its plan
             await until(lambda: "signal.priority_ended" in sink.event_types(), 2 + 0.5 - took, "expiry")
             assert not sim.preempt_asserted(1) and not sim.preempt_asserted(2)
             await until(lambda: sim.view().mode == "plan", 3, "the controller back on its plan")
-            await until(lambda: sink.latest("preempt") is False, 1, "preempt reading cleared")
+            await until(lambda: sink.value_of("preempt") is False, 1, "preempt reading cleared")
 
     asyncio.run(scenario())
-    started = next(e for e in sink.events if e.type == "signal.priority_started")
-    ended = next(e for e in sink.events if e.type == "signal.priority_ended")
+    started = next(e for e in sink.events() if e.type == "signal.priority_started")
+    ended = next(e for e in sink.events() if e.type == "signal.priority_ended")
     assert started.severity == ended.severity == "info"
     assert started.data["source"] == "cmd-17" and started.data["granted_s"] == 2
     assert ended.data["reason"] == "expired" and ended.data["release_confirmed"] is True
@@ -337,7 +307,8 @@ def test_ntcip_priority_turns_the_phase_green_and_is_released_at_expiry(sim):
 
 
 def test_ntcip_priority_is_released_when_the_runner_closes(sim):
-    sink = Sink()
+    # real time: it waits for the simulated controller to reach its dwell, on the wall clock
+    sink = ReportingSink()
 
     async def scenario() -> None:
         async with running(ntcip_device(sim.snmp_address[1], max_duration="60s"), sink) as runner:
@@ -348,30 +319,31 @@ def test_ntcip_priority_is_released_when_the_runner_closes(sim):
         # running() cancelled run() and called close(), as the agent does at shutdown
         assert not sim.preempt_asserted(2)
         # the supervisor restarts a crashed runner on the same object after close(): it polls again
-        count = len(sink.readings)
+        count = len(sink.all_readings())
         task = asyncio.create_task(runner.run())
-        await until(lambda: len(sink.readings) > count, 2, "polling after a restart")
+        await until(lambda: len(sink.all_readings()) > count, 2, "polling after a restart")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await runner.close()
 
     asyncio.run(scenario())
-    ended = [e for e in sink.events if e.type == "signal.priority_ended"]
+    ended = [e for e in sink.events() if e.type == "signal.priority_ended"]
     assert len(ended) == 1 and ended[0].data["reason"] == "shutdown" and ended[0].data["release_confirmed"]
 
 
 def test_priority_bounds_refreshes_and_refusals(sim):
-    sink = Sink()
+    clock = VirtualClock()
+    sink = ReportingSink(clock)
 
     async def scenario() -> None:
-        async with running(ntcip_device(sim.snmp_address[1], max_hold="6s"), sink) as runner:
-            await until(lambda: runner.link.online, 3, "online")
+        async with running(ntcip_device(sim.snmp_address[1], max_hold="6s"), sink, clock) as runner:
+            await clock.run_until(lambda: runner.link.online, 0.5, sleepers=RUNNER_SLEEPERS, what="online")
             long = await runner.request_priority(DEVICE, 2, duration_s=300)
             assert long.granted_s == 5 and long.clamped and long.requested_s == 300   # max_duration 5s
             assert long.expires_ms - long.started_ms == 5000
             with pytest.raises(PriorityRefused, match="phase 2 holds priority"):
                 await runner.request_priority(DEVICE, 4, duration_s=3)
-            await asyncio.sleep(0.3)
+            await clock.run_for(0.3, sleepers=RUNNER_SLEEPERS)
             again = await runner.request_priority(DEVICE, 2, duration_s=5)   # refresh from now
             assert again.refreshed and again.expires_ms > long.expires_ms
             assert again.expires_ms <= long.started_ms + 6000 + 50             # max_hold 6s caps it
@@ -388,7 +360,7 @@ def test_priority_bounds_refreshes_and_refusals(sim):
             assert runner.priority.active is None and not sim.preempt_asserted(1)
 
     asyncio.run(scenario())
-    ends = [e.data["reason"] for e in sink.events if e.type == "signal.priority_ended"]
+    ends = [e.data["reason"] for e in sink.events() if e.type == "signal.priority_ended"]
     assert ends == ["released", "released"]
     assert "signal.priority_extended" in sink.event_types()
 
@@ -396,7 +368,7 @@ def test_priority_bounds_refreshes_and_refusals(sim):
 def test_a_preempt_the_controller_does_not_have_is_refused_clearly(sim):
     entry = ntcip_entry(sim.snmp_address[1])
     entry["priority"]["preempt"] = {2: 3, 4: 2}   # the simulator has preempts 1 and 2 only
-    sink = Sink()
+    sink = ReportingSink()
 
     async def scenario() -> None:
         async with running(DeviceConfig.model_validate(entry), sink) as runner:
@@ -406,79 +378,94 @@ def test_a_preempt_the_controller_does_not_have_is_refused_clearly(sim):
             assert runner.priority.active is None
 
     asyncio.run(scenario())
-    assert sink.events == []
+    assert sink.events() == []
 
 
 def test_priority_is_released_when_the_centre_goes_silent(sim):
-    sink = Sink()
+    clock = VirtualClock()
+    sink = ReportingSink(clock)
 
     async def scenario() -> None:
-        async with running(ntcip_device(sim.snmp_address[1], centre_silence="1s"), sink) as runner:
-            await until(lambda: runner.link.online, 3, "online")
+        async with running(ntcip_device(sim.snmp_address[1], centre_silence="1s"), sink, clock) as runner:
+            await clock.run_until(lambda: runner.link.online, 0.5, sleepers=RUNNER_SLEEPERS, what="online")
             await runner.request_priority(DEVICE, 2, duration_s=5)
-            await asyncio.sleep(0.6)
+            asked = clock.monotonic()
+            await clock.run_for(0.5, sleepers=RUNNER_SLEEPERS)
             runner.centre_heard()                                   # the centre is still there ...
-            await asyncio.sleep(0.6)
+            await clock.run_for(0.75, sleepers=RUNNER_SLEEPERS)
             assert runner.priority.active is not None
-            await until(lambda: runner.priority.active is None, 1.5, "silence release")   # ... then it is not
-            await until(lambda: not sim.preempt_asserted(1), 2.0, "release seen by the controller")
+            await clock.run_until(lambda: runner.priority.active is None, 1.5, sleepers=RUNNER_SLEEPERS,
+                                  what="silence release")          # ... then it is not: 1 s after it was heard
+            assert clock.monotonic() - asked == pytest.approx(1.5)
+            assert not sim.preempt_asserted(1), "the release was not seen by the controller"
             await runner.request_priority(DEVICE, 2, duration_s=5)
             runner.centre_lost()                                    # the uplink lost the centre: at once
-            await until(lambda: runner.priority.active is None, 2.0, "release on centre_lost()")
+            await clock.run_until(lambda: runner.priority.active is None, 0.1, sleepers=RUNNER_SLEEPERS,
+                                  what="release on centre_lost()")
+            assert not sim.preempt_asserted(1)
 
     asyncio.run(scenario())
-    assert [e.data["reason"] for e in sink.events if e.type == "signal.priority_ended"] == ["centre_silent"] * 2
+    assert [e.data["reason"] for e in sink.events() if e.type == "signal.priority_ended"] == ["centre_silent"] * 2
 
 
 def test_offline_controller_fails_clearly_and_a_stuck_release_is_retried(sim):
-    sink = Sink()
+    sink = ReportingSink(VirtualClock())
 
     async def scenario() -> None:
         # nothing listens on the port: offline after offline_after polls; a request fails at once
         with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as unused:
             unused.bind(("127.0.0.1", 0))
             dead_port = unused.getsockname()[1]
-            dead = Sink()
-            async with running(ntcip_device(dead_port), dead) as runner:
-                await until(lambda: dead.states, 3, "offline")
-                assert dead.states[0][0] is False and "no snmp response" in dead.states[0][1].lower()
+            clock = VirtualClock()
+            dead = ReportingSink(clock)
+            async with running(ntcip_device(dead_port), dead, clock) as runner:
+                # offline_after 2: a poll, a backoff of at most 200 ms, another (each waits for SNMP's
+                # real timeout)
+                await clock.run_until(lambda: dead.states, 0.5, sleepers=RUNNER_SLEEPERS, what="offline")
+                assert dead.states[0][1] is False and "no snmp response" in dead.states[0][2].lower()
                 started = time.monotonic()
                 with pytest.raises(ControllerOffline, match="tsc-01 is offline"):
                     await runner.request_priority(DEVICE, 2, duration_s=3)
                 assert time.monotonic() - started < 0.1
                 assert runner.stats()[DEVICE]["online"] is False
         # a controller that stops answering while priority is held: the release is retried until it lands
-        async with running(ntcip_device(sim.snmp_address[1]), sink) as runner:
-            await until(lambda: runner.link.online, 3, "online")
+        clock = sink.clock
+        async with running(ntcip_device(sim.snmp_address[1]), sink, clock) as runner:
+            await clock.run_until(lambda: runner.link.online, 0.5, sleepers=RUNNER_SLEEPERS, what="online")
             await runner.request_priority(DEVICE, 2, duration_s=1)
             sim.silence(True)
-            await until(lambda: "signal.priority_ended" in sink.event_types(), 2.5, "expiry")
+            await clock.run_until(lambda: "signal.priority_ended" in sink.event_types(), 1.0,
+                                  sleepers=RUNNER_SLEEPERS, what="expiry")
             assert sim.preempt_asserted(1)   # the controller never heard the release
-            await until(lambda: (False, sink.states[-1][1]) == sink.states[-1], 3, "offline")
+            await clock.run_until(lambda: sink.states[-1][1] is False, 1.0, sleepers=RUNNER_SLEEPERS,
+                                  what="offline")
             sim.silence(False)
-            await until(lambda: not sim.preempt_asserted(1), 3, "the retried release")
-            await until(lambda: runner.priority.stats.pending_release == [], 1, "pending cleared")
+            # retried every reassert interval (2 s)
+            await clock.run_until(lambda: not sim.preempt_asserted(1), 2.0, sleepers=RUNNER_SLEEPERS,
+                                  what="the retried release")
+            await clock.run_until(lambda: runner.priority.stats.pending_release == [], 0.0,
+                                  sleepers=RUNNER_SLEEPERS, what="pending cleared")
 
     asyncio.run(scenario())
-    ended = next(e for e in sink.events if e.type == "signal.priority_ended")
+    ended = next(e for e in sink.events() if e.type == "signal.priority_ended")
     assert ended.data["release_confirmed"] is False and "no snmp response" in ended.data["error"].lower()
-    assert [s[0] for s in sink.states] == [True, False, True]
+    assert [s[1] for s in sink.states] == [True, False, True]
 
 
 def test_ntcip_over_snmpv3(sim, monkeypatch):
-    sink = Sink()
+    sink = ReportingSink()
 
     async def scenario() -> None:
         async with running(ntcip_device(sim.snmp_address[1], v3=V3), sink) as runner:
-            await until(lambda: sink.latest("phase2") is not None, 3, "a v3 poll")
+            await until(lambda: sink.value_of("phase2") is not None, 3, "a v3 poll")
             await runner.request_priority(DEVICE, 2, duration_s=1)
             assert sim.preempt_asserted(1)
             await runner.release_priority(DEVICE)
         monkeypatch.setenv("TSC_TEST_AUTH_KEY", "wrong-key-456")
-        bad = Sink()
+        bad = ReportingSink()
         async with running(ntcip_device(sim.snmp_address[1], v3=V3), bad):
             await until(lambda: bad.states, 3, "offline with a wrong key")
-        assert bad.states[0][0] is False and bad.readings == []
+        assert bad.states[0][1] is False and bad.all_readings() == []
 
     asyncio.run(scenario())
 
@@ -505,20 +492,20 @@ def test_ntcip_client_against_net_snmp_snmpd(tmp_path, monkeypatch):
     monkeypatch.setenv("TSC_TEST_AUTH_KEY", "authpass-123")
     try:
         for v3 in (None, ("edge", "")):
-            sink = Sink()
+            sink = ReportingSink()
 
             async def scenario() -> None:
                 async with running(ntcip_device(port, v3=v3), sink) as runner:
-                    await until(lambda: sink.latest("preempt") is not None, 5, "readings from snmpd")
-                    assert sink.latest("preempt") is False
+                    await until(lambda: sink.value_of("preempt") is not None, 5, "readings from snmpd")
+                    assert sink.value_of("preempt") is False
                     await runner.request_priority(DEVICE, 2, duration_s=3)
-                    await until(lambda: sink.latest("preempt") is True, 2, "preemptControlState read back")
+                    await until(lambda: sink.value_of("preempt") is True, 2, "preemptControlState read back")
                     await runner.release_priority(DEVICE)
-                    await until(lambda: sink.latest("preempt") is False, 2, "released")
+                    await until(lambda: sink.value_of("preempt") is False, 2, "released")
 
             asyncio.run(scenario())
-            assert {p: sink.latest(f"phase{p}") for p in (2, 4, 6, 8)} == {2: "green", 4: "red", 6: "green", 8: "red"}
-            assert (sink.latest("ped2"), sink.latest("ped4")) == ("flashing", "dont_walk")
+            assert {p: sink.value_of(f"phase{p}") for p in (2, 4, 6, 8)} == {2: "green", 4: "red", 6: "green", 8: "red"}
+            assert (sink.value_of("ped2"), sink.value_of("ped4")) == ("flashing", "dont_walk")
     finally:
         process.terminate()
         process.wait(5)
@@ -527,19 +514,20 @@ def test_ntcip_client_against_net_snmp_snmpd(tmp_path, monkeypatch):
 # -- the Modbus I/O module ------------------------------------------------------------------------------------
 
 def test_modbus_io_lamps_match_the_plan_and_priority_drives_the_preempt_coil(sim):
-    sink = Sink()
+    # real time: the lamps follow the simulator's plan on the wall clock (see the NTCIP test above)
+    sink = ReportingSink()
 
     async def scenario() -> None:
         async with running(modbus_device(sim.modbus_address[1]), sink) as runner:
-            await asyncio.sleep(FAST_PLAN.stages[0].duration + 0.3)
+            await asyncio.sleep(FAST_PLAN.stages[0].duration + 0.3)   # a window of the plan: one whole stage
             phase = not_green_phase(sim)
             grant = await runner.request_priority(DEVICE, phase, duration_s=2)
             assert grant.preempt == {2: 0, 4: 1}[phase]          # coil address
             await until(lambda: sim.controller.inputs.get({2: 1, 4: 2}[phase]), 2.0, "relay seen by the controller")
-            await until(lambda: sink.latest(f"phase{phase}") == "green", ENTRY_BOUND_S, "the preempted green")
-            assert sink.latest("preempt") is True                 # the coil, read back from the module
+            await until(lambda: sink.value_of(f"phase{phase}") == "green", ENTRY_BOUND_S, "the preempted green")
+            assert sink.value_of("preempt") is True                 # the coil, read back from the module
             await until(lambda: "signal.priority_ended" in sink.event_types(), 3, "expiry")
-            await until(lambda: sink.latest("preempt") is False, 2, "coil read back off")
+            await until(lambda: sink.value_of("preempt") is False, 2, "coil read back off")
             await until(lambda: not sim.preempt_asserted(1) and not sim.preempt_asserted(2), 2, "relays open")
             # held again, then the agent shuts down: the coil is opened by close()
             await runner.request_priority(DEVICE, 2, duration_s=5)
@@ -547,14 +535,14 @@ def test_modbus_io_lamps_match_the_plan_and_priority_drives_the_preempt_coil(sim
 
     asyncio.run(scenario())
     eventually(lambda: not sim.preempt_asserted(1), 2.0, "relay opened by close()")   # the cabinet scans every 20 ms
-    assert [e.data["reason"] for e in sink.events if e.type == "signal.priority_ended"] == ["expired", "shutdown"]
-    plan_readings = [r for r in sink.readings if r.point.startswith("phase")
-                     and r.t < sink.events[0].data["started_ms"]]
+    assert [e.data["reason"] for e in sink.events() if e.type == "signal.priority_ended"] == ["expired", "shutdown"]
+    plan_readings = [r for r in sink.all_readings() if r.point.startswith("phase")
+                     and r.t < sink.events()[0].data["started_ms"]]
     assert len(plan_readings) >= 4 * 30
     mismatches = [(r.point, r.value) for r in plan_readings
                   if not any(e[int(r.point[5:])] == r.value for e in expected_colours(sim, r.t))]
     assert not mismatches, mismatches[:5]
-    ped_values = {r.value for r in sink.readings if r.point in ("ped2", "ped4")}
+    ped_values = {r.value for r in sink.all_readings() if r.point in ("ped2", "ped4")}
     assert {"walk", "flashing", "dont_walk"} <= ped_values
 
 

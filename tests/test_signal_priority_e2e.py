@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.agent_proc import AgentProcess, agent_config
+from tests.fakes import eventually
 from tests.test_signal_controller import DEVICE, ENTRY_BOUND_S, not_green_phase, ntcip_entry, sim  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,12 +38,9 @@ def request(centre, phase, duration_s):
 
 
 def wait(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    """When ``predicate()`` came true (the agent and the controller run on their own: real time)."""
+    eventually(predicate, timeout)
+    return time.monotonic()
 
 
 def test_priority_reaches_the_controller_and_is_released_at_expiry(tmp_path, broker, consumer_factory, sim):  # noqa: F811

@@ -1,9 +1,11 @@
 """The MQTT uplink against real Mosquitto brokers: TLS, mutual TLS, an untrusted broker
-certificate, and the fallback to MQTT 3.1.1 when a broker refuses MQTT 5."""
+certificate, and the fallback to MQTT 3.1.1 when a broker refuses MQTT 5; and its reconnect
+backoff on virtual time, against a port nobody listens on."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import threading
@@ -11,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from agent import uplink as uplink_module
 from agent.config import Gateway, Mqtt
+from agent.core.clock import VirtualClock
 from agent.core.model import Priority, now_ms
 from agent.outbox import Outbox
 from agent.uplink import MqttUplink
+from tests.fakes import until as wait_until
 from tests.hardware_sim.broker import BrokerTls, MosquittoBroker
 from tests.hardware_sim.certs import make_test_certs
 from tests.hardware_sim.consumer import Consumer
@@ -36,11 +41,13 @@ async def run_uplink(tmp_path: Path, cfg: Mqtt, until, timeout: float = 10.0) ->
     outbox.flush()
     uplink = MqttUplink(cfg, GATEWAY, outbox, birth=lambda: {"site": "lab", "agent": "test", "devices": []})
     task = asyncio.create_task(uplink.run())
+
+    def flushed_and_done() -> bool:
+        outbox.flush()
+        return until(uplink)
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not until(uplink) and asyncio.get_running_loop().time() < deadline:
-            outbox.flush()
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(AssertionError):   # the caller's assertions say what did not happen
+            await wait_until(flushed_and_done, timeout, "the uplink's outcome", every=0.05)
     finally:
         await uplink.stop()
         task.cancel()
@@ -189,3 +196,60 @@ def test_a_command_topic_that_is_not_utf8_is_handed_on_as_junk_not_counted_as_a_
     assert got == [("citybrain/v1/lab/gw-1/cmd/device.re\ufffdd", b"{}")]
     assert boundary.boundary("mqtt.cmd").failures == before
     outbox.close()
+
+
+# -- reconnect backoff, on virtual time ---------------------------------------------------------------
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PinnedJitter:
+    """``random`` for the uplink, each draw pinned to one end of its range."""
+
+    def __init__(self, end: str):
+        self.end = end
+
+    def uniform(self, low: float, high: float) -> float:
+        return high if self.end == "high" else low
+
+
+async def failure_times(tmp_path: Path, failures: int) -> tuple[list[float], MqttUplink]:
+    """Run an uplink against a port nobody listens on (each connect refused at once, over a real
+    socket); the virtual times of its first ``failures`` failed connects."""
+    clock = VirtualClock()
+    cfg = Mqtt(host="127.0.0.1", port=refused_port(), reconnect={"initial": "1s", "max": "8s"})
+    outbox = Outbox(tmp_path / "outbox.db", gateway_id=GATEWAY.id, max_bytes=1 << 20, clock=clock.now_ms)
+    uplink = MqttUplink(cfg, GATEWAY, outbox, birth=dict, clock=clock)
+    task = asyncio.create_task(uplink.run())
+    times: list[float] = []
+    try:
+        for n in range(1, failures + 1):
+            # asleep between tries: one sleeper; trying (a connect in a worker thread): none
+            await clock.run_until(lambda: uplink.stats.connect_failures == n, 10.0, what=f"failure {n}")
+            times.append(clock.monotonic())
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        outbox.close()
+    return times, uplink
+
+
+@pytest.mark.parametrize("end, waits", [("high", [2.0, 4.0, 8.0, 8.0, 8.0]), ("low", [1.0] * 5)])
+def test_reconnect_waits_are_drawn_under_a_ceiling_that_doubles_up_to_max(tmp_path, monkeypatch, end, waits):
+    """Full jitter: after the n-th failure in a row the uplink waits between ``initial`` and
+    ``initial * 2**n`` (never above ``max``), so a fleet that lost one broker does not come back in
+    step. Pinned to each end of the draw, the waits are exactly the bounds."""
+    monkeypatch.setattr(uplink_module, "random", PinnedJitter(end))
+    times, uplink = asyncio.run(failure_times(tmp_path, 6))
+    assert [round(b - a, 6) for a, b in zip(times, times[1:])] == waits
+    assert uplink.stats.state == "disconnected" and uplink.stats.connects == 0
+    assert "connection refused" in uplink.stats.last_error
+
+
+def test_reconnect_waits_drawn_at_random_stay_within_their_bounds(tmp_path):
+    times, _ = asyncio.run(failure_times(tmp_path, 12))
+    for n, wait in enumerate((b - a for a, b in zip(times, times[1:])), start=1):
+        assert 1.0 <= wait <= min(8.0, 2.0 ** n), (n, wait)

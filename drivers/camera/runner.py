@@ -4,6 +4,12 @@ turns their results into events with evidence, and watches over them.
 Only finished results reach the event loop (``loop.call_soon_threadsafe``): an event and its
 files handed to ``sink.evidence``, a state change for ``sink.device_state``. Decoding, inference,
 OCR and encoding never run on it.
+
+Time: the runner's loop (signal copies, the reader watchdog, the stats readings) runs on its
+``clock`` (:mod:`agent.core.clock`; tests give a virtual one). The threads keep real time, and so
+do the figures measured against a frame's time (commit latency), which the reader stamps.
+The watchdog does not compare the reader thread's clock with its own: it notes, on its own
+clock, when it last saw the thread's heartbeat change.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
+from agent.core.clock import SYSTEM, Clock
 from agent.core.model import Event, EvidenceFile, Reading, now_ms
 from agent.core.stats import percentile
 from agent.core.driver import Runner
@@ -41,8 +48,9 @@ def default_detector_factory(options: Options) -> Callable[[], Any]:
 
 class CameraRunner(Runner):
     def __init__(self, device: "DeviceConfig", options: Options, sink: "DeviceSink",
-                 detector_factory: Callable[[], Any] | None = None):
+                 detector_factory: Callable[[], Any] | None = None, *, clock: Clock = SYSTEM):
         self.device_id = device.id
+        self.clock = clock
         self.name = f"camera {device.id}"
         self.options = options
         self.sink = sink
@@ -111,6 +119,7 @@ class CameraRunner(Runner):
         self.event_ids[key] = event_id
         while len(self.event_ids) > 200:
             self.event_ids.pop(next(iter(self.event_ids)))
+        # real time, as the frame times these are compared with (the reader thread stamps them)
         record = {"id": event_id, "type": violation.type, "track": violation.track, "plate": data.get("plate"),
                   "t_violation": int(violation.t * 1000), "decided_ms": int(violation.decided * 1000),
                   "handed_ms": now_ms(), "committed_ms": None}
@@ -123,6 +132,7 @@ class CameraRunner(Runner):
 
     async def _note_commit(self, waiter: Any, record: dict[str, Any], t_violation: float) -> None:
         await waiter
+        # real time, as the frame's time the violation is dated from
         record["committed_ms"] = now_ms()
         self.commit_ms.append(time.time() * 1000 - t_violation * 1000)
 
@@ -164,11 +174,13 @@ class CameraRunner(Runner):
         log.info("camera %s: reading %s, model %s, %d rule(s)", self.device_id, display_url(self.options.url),
                  self.options.model, len(self.options.rules))
         sources = self.pipeline.rules.wants_signal
-        next_stats = time.monotonic() + self.options.stats_interval
+        clock = self.clock
+        next_stats = clock.monotonic() + self.options.stats_interval
         o = self.options
         silence = o.open_timeout + max(o.read_timeout, o.freeze_after) + o.backoff.max + WATCHDOG_SLACK
+        watched = _Heartbeat(self.reader, clock.monotonic())
         while True:
-            await asyncio.sleep(SIGNAL_POLL)
+            await clock.sleep(SIGNAL_POLL)
             for source in sources:
                 reading = self.sink.latest(source.device, source.point_name)
                 if reading is not None:
@@ -176,21 +188,21 @@ class CameraRunner(Runner):
             if self.disabled:
                 continue
             reader = self.reader
-            if reader is not None and time.monotonic() - reader.heartbeat > silence:
+            quiet = watched.quiet_for(reader, clock.monotonic())
+            if reader is not None and quiet > silence:
                 # FFmpeg stuck in a call past its own timeouts: leave that thread, start a fresh one
                 self.reader_restarts += 1
-                self._state(False, f"reader of {display_url(o.url)} stuck for {time.monotonic() - reader.heartbeat:.0f}s; "
-                                   f"starting a new one")
+                self._state(False, f"reader of {display_url(o.url)} stuck for {quiet:.0f}s; starting a new one")
                 reader._stop.set()
                 self.reader = self._new_reader()
                 self.pipeline.reader = self.reader
                 self.reader.start()
-            if time.monotonic() >= next_stats:
+            if clock.monotonic() >= next_stats:
                 next_stats += o.stats_interval
                 self.sink.readings(self.device_id, self._readings())
 
     def _readings(self) -> list[Reading]:
-        t = now_ms()
+        t = self.clock.now_ms()
         stats = self.pipeline.stats.as_dict() if self.pipeline else {}
         tracks = len(self.pipeline.tracker.tracks) if self.pipeline else 0
         q = "good" if self.online else "stale"
@@ -242,3 +254,15 @@ class CameraRunner(Runner):
         return jpeg(image, quality)
 
 
+class _Heartbeat:
+    """When the watched reader's heartbeat last changed, on the runner's clock."""
+
+    def __init__(self, reader: Reader | None, now: float):
+        self.reader, self.beat, self.at = reader, getattr(reader, "heartbeat", None), now
+
+    def quiet_for(self, reader: Reader | None, now: float) -> float:
+        """Seconds since ``reader`` last showed a sign of life (a new reader starts the count)."""
+        beat = getattr(reader, "heartbeat", None)
+        if reader is not self.reader or beat != self.beat:
+            self.reader, self.beat, self.at = reader, beat, now
+        return now - self.at

@@ -18,6 +18,10 @@ What a poll reports, once per device per poll, through ``sink.readings``:
 pymodbus does the framing, CRC and transaction matching; its own retries and reconnects are
 switched off (``retries=0``, ``reconnect_delay=0``) because they would stall the whole bus for
 one unit: retry policy lives here, per unit and per link.
+
+Time: the schedule, the units' backoff and the link's retry run on the runner's ``clock``
+(:mod:`agent.core.clock`; tests give a virtual one). What guards the wire stays on real time: the
+request timeouts (pymodbus's and the outer limit) and RS-485's silence between frames.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from pymodbus.pdu import ModbusPDU
 
 from agent.core.backoff import Backoff, Retry
 from agent.core.boundary import boundary
+from agent.core.clock import SYSTEM, Clock
 from agent.core.config import DeviceConfig
-from agent.core.model import DeviceSink, Reading, Value, now_ms
+from agent.core.model import DeviceSink, Reading, Value
 from agent.core.driver import DeviceError, Runner
 from drivers.modbus import codec
 from drivers.modbus.device import Device
@@ -100,8 +105,9 @@ class BusRunner(Runner):
     """Polls every device of one bus; see the module docstring."""
 
     def __init__(self, connection: TcpConnection | RtuConnection,
-                 devices: Sequence[tuple[DeviceConfig, Options]], sink: DeviceSink):
+                 devices: Sequence[tuple[DeviceConfig, Options]], sink: DeviceSink, *, clock: Clock = SYSTEM):
         self.connection = connection
+        self.clock = clock
         self.name = f"modbus {connection.describe()}"
         self.devices: dict[str, Device] = {
             config.id: Device(config.id, options, config.poll, sink) for config, options in devices}
@@ -133,8 +139,8 @@ class BusRunner(Runner):
         return self._client is not None and self._client.connected
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        clock = self.clock
+        now = clock.monotonic()
         for device in self.devices.values():
             device.start(now)
         me = asyncio.current_task()
@@ -145,9 +151,9 @@ class BusRunner(Runner):
                 # or the agent's shutdown would wait for this bus forever.
                 raise asyncio.CancelledError
             device = min(self.devices.values(), key=_next_due)
-            delay = device.next_due - loop.time()
+            delay = device.next_due - clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await clock.sleep(delay)
                 continue   # choose again: a reconnect may have moved every device
             try:
                 await self._poll(device)
@@ -155,7 +161,7 @@ class BusRunner(Runner):
                 raise
             except Exception as exc:   # noqa: BLE001 - a bug must not end the bus; counted, logged once, polling goes on
                 ANSWERS.failed(exc, where=f"{self.name} polling {device.id}")
-                device.failed("internal error (see the agent log)", loop.time(), backoff=True)
+                device.failed("internal error (see the agent log)", clock.monotonic(), backoff=True)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -170,7 +176,7 @@ class BusRunner(Runner):
         if response.isError():
             raise Refused(response.exception_code,
                           f"{device_id}.{point}: unit {device.unit} answered {describe_exception(response.exception_code)}")
-        return reader.good(self._decode(device, reader.request, response), now_ms())[0]
+        return reader.good(self._decode(device, reader.request, response), self.clock.now_ms())[0]
 
     async def write_point(self, device_id: str, point: str, value: Value) -> None:
         """Write one writable point. Raises KeyError, PermissionError, ValueError, NoAnswer, LinkDown, Refused."""
@@ -206,14 +212,14 @@ class BusRunner(Runner):
     # -- polling ------------------------------------------------------------------------------
 
     async def _poll(self, device: Device) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         linked = await self._ensure_link()
         # after the link: a (re)connect makes every device due at once (poll_now), this one too,
         # and its schedule must then move on from that, or it would be polled twice in a row
-        device.begin_poll(loop.time())
+        device.begin_poll(clock.monotonic())
         if not linked:
             device.stats.errors += 1
-            device.failed(f"link down: {self._link_error}", loop.time(), backoff=False)
+            device.failed(f"link down: {self._link_error}", clock.monotonic(), backoff=False)
             return
         readings: list[Reading] = []
         t = 0
@@ -223,7 +229,7 @@ class BusRunner(Runner):
             request = reader.request
             try:
                 response = await self._request(device, request)
-                t = now_ms()
+                t = clock.now_ms()
                 if response.isError():
                     code = response.exception_code
                     if code in GATEWAY_NO_ANSWER:
@@ -241,14 +247,14 @@ class BusRunner(Runner):
                     readings += reader.good(self._decode(device, request, response), t)
             except LinkDown as exc:
                 device.deliver(readings)
-                device.failed(str(exc), loop.time(), backoff=False)
+                device.failed(str(exc), clock.monotonic(), backoff=False)
                 return
             except NoAnswer as exc:
                 device.deliver(readings)
-                device.failed(str(exc), loop.time(), backoff=True)
+                device.failed(str(exc), clock.monotonic(), backoff=True)
                 return
             index += 1
-        device.succeeded(t, loop.time())
+        device.succeeded(t, clock.monotonic())
         device.deliver(readings)
 
     def _decode(self, device: Device, request: Request, response: ModbusPDU) -> list[Value]:
@@ -283,6 +289,7 @@ class BusRunner(Runner):
                 stats.errors += 1
                 raise LinkDown(f"link down: {self._link_error}")
             if self._gap:
+                # real time: the line's silence is physics, not schedule
                 wait = self._last_io + self._gap - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)   # RS-485: 3.5 characters of silence between frames
@@ -326,8 +333,8 @@ class BusRunner(Runner):
         """Connected, or one connection attempt if the link's backoff allows it now."""
         if self.connected:
             return True
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._link_retry_at:
+        clock = self.clock
+        if clock.monotonic() < self._link_retry_at:
             return False
         async with self._bus_lock():
             if self.connected:
@@ -341,7 +348,7 @@ class BusRunner(Runner):
                 self._connected_once = True
                 self._link_failures = 0
                 self._link_error = "connection lost"
-                now = loop.time()
+                now = clock.monotonic()
                 for device in self.devices.values():
                     device.poll_now(now)   # whatever backed off while the link was down goes now
                 return True
@@ -350,7 +357,7 @@ class BusRunner(Runner):
             self._link_failures += 1
             self._link_error = f"cannot open {self.connection.describe()}"
             delay = self._link_backoff.delay(self._link_failures)
-            self._link_retry_at = loop.time() + delay
+            self._link_retry_at = clock.monotonic() + delay
             (log.warning if self._link_failures == 1 else log.debug)(
                 "%s: %s; retrying in %.1fs", self.name, self._link_error, delay)
             return False

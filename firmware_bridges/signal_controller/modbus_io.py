@@ -14,9 +14,9 @@ in the phase colours.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
+from agent.core.clock import SYSTEM, Clock
 from agent.core.config import DeviceConfig
 from agent.core.model import Event, Reading
 from drivers.modbus import bus as modbus_bus
@@ -49,9 +49,10 @@ class _BusSink:
 class ModbusIoLink:
     """One I/O module (one unit on one bus) serving one signal controller."""
 
-    def __init__(self, device: DeviceConfig, options: Options):
+    def __init__(self, device: DeviceConfig, options: Options, *, clock: Clock = SYSTEM):
         assert options.profile is not None and options.unit is not None
         self.device_id = device.id
+        self.clock = clock
         self.phases = list(options.phases)
         self.peds = options.peds
         self.decoder = LampDecoder(self.phases, self.peds)
@@ -63,7 +64,7 @@ class ModbusIoLink:
             "points": self._lamp_points + sorted(set(self.coils.values())),
             "backoff": options.backoff, "offline_after": options.offline_after})
         self.describe = f"modbus {options.connection.describe()} unit {options.unit}"
-        self.bus = modbus_bus.BusRunner(options.connection, [(device, modbus_options)], _BusSink(self))
+        self.bus = modbus_bus.BusRunner(options.connection, [(device, modbus_options)], _BusSink(self), clock=clock)
         self._on_status: StatusCallback | None = None
         self._on_state: StateCallback | None = None
 
@@ -81,7 +82,7 @@ class ModbusIoLink:
             # a poll cut short (the module stopped answering mid-poll, or refused a read): the
             # bus runner reports the device state; half a picture of the lamps is not published
             return
-        vehicles, peds = self.decoder.decode(values, time.monotonic())
+        vehicles, peds = self.decoder.decode(values, self.clock.monotonic())
         status = ControllerStatus(vehicles, peds, t=max(r.t for r in readings))
         if self.coils:
             status.preempt = any(bool(values.get(name)) for name in self.coils.values())

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from agent.core import loopwatch
 from agent.core.backoff import Retry
 from agent.core.boundary import boundary
-from agent.core.model import now_ms
+from agent.core.clock import SYSTEM, Clock
 from firmware_bridges.signal_controller.errors import BadAnswer, NoAnswer, Refused
 from firmware_bridges.signal_controller.options import NtcipConnection, Options
 from firmware_bridges.signal_controller.phases import ControllerStatus, decode_groups, group_of
@@ -259,9 +259,10 @@ StateCallback = Callable[[bool, "str | None"], None]
 class NtcipLink:
     """Polls one NTCIP controller and sets its preempt control objects."""
 
-    def __init__(self, device_id: str, options: Options, poll: float):
+    def __init__(self, device_id: str, options: Options, poll: float, *, clock: Clock = SYSTEM):
         assert isinstance(options.connection, NtcipConnection)
         self.device_id = device_id
+        self.clock = clock   # the poll schedule and backoff; SNMP's own timeouts stay on real time
         self.describe = options.connection.describe()
         self.client = SnmpClient(options.connection)
         self.phases = list(options.phases)
@@ -284,7 +285,7 @@ class NtcipLink:
 
     async def read_status(self) -> ControllerStatus:
         values = await self.client.get(self._oids + self._preempt_oids)
-        t = now_ms()
+        t = self.clock.now_ms()
         masks: dict[str, dict[int, int]] = {name: {} for name in GROUP_COLUMNS}
         for (name, group), value in zip(self._mask_keys, values):
             masks[name][group] = _mask(value)
@@ -315,25 +316,25 @@ class NtcipLink:
     async def run(self, on_status: StatusCallback, on_state: StateCallback) -> None:
         """Poll at a fixed rate until cancelled; failures back off and report offline after
         ``offline_after`` in a row. Never raises except on cancel."""
-        loop = asyncio.get_running_loop()
-        due = loop.time()
+        clock = self.clock
+        due = clock.monotonic()
         stats = self.stats
         while True:
-            delay = due - loop.time()
+            delay = due - clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await clock.sleep(delay)
             try:
                 status = await self.read_status()
             except asyncio.CancelledError:
                 raise
             except (NoAnswer, Refused) as exc:
                 self._failed(str(exc), on_state)
-                due = loop.time() + max(self.poll, stats.backoff_s)
+                due = clock.monotonic() + max(self.poll, stats.backoff_s)
                 continue
             except Exception as exc:   # noqa: BLE001 - a bug meeting an answer must not end the link
                 ANSWERS.failed(exc, where=f"{self.device_id} {self.describe}")
                 self._failed(f"internal error: {type(exc).__name__}: {exc}", on_state)
-                due = loop.time() + max(self.poll, stats.backoff_s)
+                due = clock.monotonic() + max(self.poll, stats.backoff_s)
                 continue
             stats.polls += 1
             stats.last_read_ms = status.t
@@ -345,7 +346,7 @@ class NtcipLink:
             stats.consecutive_failures, stats.backoff_s = 0, 0.0
             on_status(status)
             due += self.poll
-            now = loop.time()
+            now = clock.monotonic()
             if due <= now:   # fixed rate: skip the ticks a slow answer ate, never burst
                 missed = int((now - due) // self.poll) + 1
                 stats.skipped += missed

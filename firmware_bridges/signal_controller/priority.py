@@ -20,6 +20,10 @@ If the release cannot be written (controller offline), it is retried until it is
 controller's own backup timer (NTCIP unitBackupTime, a module's output watchdog) is the last line.
 If the request write fails without an answer, the agent also releases: it cannot know whether the
 controller took the request.
+
+Every time here (holds, expiry, centre silence, re-assertion, release retries, the grant's UTC
+stamps) is read from the manager's ``clock`` (:mod:`agent.core.clock`), so tests run it on virtual
+time. The bound on a release at shutdown stays on real time: it guards I/O.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from agent.core.model import DeviceSink, Event, now_ms
+from agent.core.clock import SYSTEM, Clock
+from agent.core.model import DeviceSink, Event
 from firmware_bridges.signal_controller.errors import ControllerOffline, NoAnswer, PriorityRefused, Refused
 from firmware_bridges.signal_controller.options import PhaseConfig, PriorityConfig
 from firmware_bridges.signal_controller.phases import ControllerStatus
@@ -93,7 +98,7 @@ class PriorityManager:
     """One device's priority request. Methods are called on the agent's event loop."""
 
     def __init__(self, device_id: str, config: PriorityConfig | None, phases: Mapping[int, PhaseConfig],
-                 link: Actuator, sink: DeviceSink, clock: Callable[[], float] = time.monotonic):
+                 link: Actuator, sink: DeviceSink, clock: Clock = SYSTEM):
         self.device_id = device_id
         self.config = config
         self.phases = phases
@@ -134,7 +139,7 @@ class PriorityManager:
                                       f"{_iso(held.grant.expires_ms)}; release it before asking for phase {phase}")
             number = config.preempts[phase]
             await self._assert(number, phase)
-            now, wall = self.clock(), now_ms()
+            now, wall = self.clock.monotonic(), self.clock.now_ms()
             self._last_heard = now   # a request is the centre talking
             self._centre_alive = True
             if held is not None:
@@ -157,7 +162,7 @@ class PriorityManager:
 
     def heartbeat(self) -> None:
         """The centre is alive (the command layer calls this on every message from the centre)."""
-        self._last_heard = self.clock()
+        self._last_heard = self.clock.monotonic()
         self._centre_alive = True
 
     def centre_alive(self, alive: bool) -> None:
@@ -186,8 +191,7 @@ class PriorityManager:
         self._wake = asyncio.Event()
         while True:
             try:
-                async with asyncio.timeout(self._next_deadline()):
-                    await self._wake.wait()
+                await self.clock.wait_for(self._wake.wait(), self._next_deadline())
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -195,7 +199,7 @@ class PriorityManager:
                 await self._check()
 
     def _next_deadline(self) -> float:
-        now = self.clock()
+        now = self.clock.monotonic()
         deadlines = [now + 1.0]
         held = self._held
         if held is not None and self.config is not None:
@@ -206,7 +210,7 @@ class PriorityManager:
         return max(0.0, min(deadlines) - now)
 
     async def _check(self) -> None:
-        now = self.clock()
+        now = self.clock.monotonic()
         held, config = self._held, self.config
         if held is not None and config is not None:
             silence = config.centre_silence
@@ -231,6 +235,7 @@ class PriorityManager:
         if self.config is None:
             return
         try:
+            # real time: this bounds how long the agent's shutdown waits for the controller
             async with asyncio.timeout(self.config.release_timeout):
                 async with self._lock:
                     await self._end("shutdown")
@@ -300,7 +305,7 @@ class PriorityManager:
             await self.link.set_preempt(number, True)
         except NoAnswer as exc:
             # the request may have reached the controller and only the answer got lost: take it back
-            self._pending.setdefault(number, self.clock())
+            self._pending.setdefault(number, self.clock.monotonic())
             self._poke()
             raise ControllerOffline(f"{self.device_id} did not answer the priority request for phase {phase}: "
                                     f"{exc}") from None
@@ -319,12 +324,12 @@ class PriorityManager:
         except (NoAnswer, Refused) as exc:
             confirmed, error = False, str(exc)
             self.stats.release_failures += 1
-            self._pending[grant.preempt] = self.clock() + self._retry_interval()
+            self._pending[grant.preempt] = self.clock.monotonic() + self._retry_interval()
             log.error("%s: releasing preempt %d failed (%s); retrying until the controller answers",
                       self.device_id, grant.preempt, exc)
         self.stats.releases += 1
         self.stats.last_end_reason = reason
-        ended = now_ms()
+        ended = self.clock.now_ms()
         log.info("%s: priority for phase %d ended (%s)", self.device_id, grant.phase, reason)
         data = {"phase": grant.phase, "approach": grant.approach, "preempt": grant.preempt, "reason": reason,
                 "started_ms": grant.started_ms, "held_s": round((ended - grant.started_ms) / 1000, 3),
@@ -341,7 +346,7 @@ class PriorityManager:
         try:
             await self.link.set_preempt(number, False)
         except (NoAnswer, Refused) as exc:
-            self._pending[number] = self.clock() + self._retry_interval()
+            self._pending[number] = self.clock.monotonic() + self._retry_interval()
             log.debug("%s: release of preempt %d still failing: %s", self.device_id, number, exc)
         else:
             self._pending.pop(number, None)
@@ -369,7 +374,7 @@ class PriorityManager:
         out: dict[str, Any] = asdict(self.stats)
         out["active"] = held.grant.as_dict() if held else None
         if held is not None:
-            out["remaining_s"] = round(max(0.0, held.expires - self.clock()), 1)
+            out["remaining_s"] = round(max(0.0, held.expires - self.clock.monotonic()), 1)
         return out
 
 

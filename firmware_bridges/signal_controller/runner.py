@@ -20,8 +20,9 @@ import json
 import logging
 from typing import Any
 
+from agent.core.clock import SYSTEM, Clock
 from agent.core.config import DeviceConfig
-from agent.core.model import DeviceSink, Reading, Value, now_ms
+from agent.core.model import DeviceSink, Reading, Value
 from agent.core.driver import HoldsForCentre, Runner
 from firmware_bridges.signal_controller.errors import PriorityRefused
 from firmware_bridges.signal_controller.ntcip import NtcipLink
@@ -35,19 +36,20 @@ log = logging.getLogger("firmware_bridges.signal_controller")
 class SignalRunner(Runner, HoldsForCentre):
     """Serves one signal controller (see the module docstring)."""
 
-    def __init__(self, device: DeviceConfig, options: Options, sink: DeviceSink):
+    def __init__(self, device: DeviceConfig, options: Options, sink: DeviceSink, *, clock: Clock = SYSTEM):
         self.device_id = device.id
         self.options = options
         self.sink = sink
+        self.clock = clock   # the link's schedule and the priority's holds (tests: a VirtualClock)
         if options.protocol == "ntcip":
-            self.link: Any = NtcipLink(device.id, options, device.poll)
+            self.link: Any = NtcipLink(device.id, options, device.poll, clock=clock)
         else:
             from firmware_bridges.signal_controller.modbus_io import ModbusIoLink   # late: pymodbus only if used
-            self.link = ModbusIoLink(device, options)
+            self.link = ModbusIoLink(device, options, clock=clock)
         self.name = f"signal_controller {device.id} ({self.link.describe})"
         self.devices: dict[str, SignalRunner] = {device.id: self}   # same lookup shape as the Modbus bus runner
         self.tracker = PhaseTracker()
-        self.priority = PriorityManager(device.id, options.priority, options.phases, self.link, sink)
+        self.priority = PriorityManager(device.id, options.priority, options.phases, self.link, sink, clock)
         self.last_status: ControllerStatus | None = None
         self._with_preempt = options.priority is not None
         self._preempt_state = options.protocol == "ntcip" and self._with_preempt
@@ -157,7 +159,7 @@ class SignalRunner(Runner, HoldsForCentre):
             log.exception("sink rejected the state of %s", self.device_id)
 
     def _readings(self, status: ControllerStatus) -> list[Reading]:
-        t = status.t or now_ms()
+        t = status.t or self.clock.now_ms()
         readings = [Reading(f"phase{p}", lamp.value, None, t, "bad" if lamp.conflict else "good")
                     for p, lamp in status.vehicles.items()]
         readings += [Reading(f"ped{p}", lamp.value, None, t, "bad" if lamp.conflict else "good")
