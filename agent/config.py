@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
+from agent.core.backoff import Backoff
 from agent.core.config import (
     ID_PATTERN, ConfigError, DeviceConfig, Location, Secret, Strict, format_validation_error, line_of,
     validate_yaml_file,
@@ -33,11 +34,6 @@ class Tls(Strict):
         return self
 
 
-class Backoff(Strict):
-    initial: Duration = 0.1
-    max: Duration = 1.0   # short cap: resume within a second of the broker's return (jitter spreads a fleet)
-
-
 class Mqtt(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -50,7 +46,8 @@ class Mqtt(Strict):
     keepalive: Duration = 30.0
     connect_timeout: Duration = 5.0
     inflight_window: int = Field(default=100, ge=1, le=65535)
-    reconnect: Backoff = Backoff()
+    # short cap: resume within a second of the broker's return (full jitter spreads a fleet)
+    reconnect: Backoff = Backoff(initial=0.1, max=1.0)
     max_payload: Size = 256 * 1024     # larger messages (evidence) are chunked by their producer
 
 

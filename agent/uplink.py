@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import ssl
 import time
@@ -34,6 +33,7 @@ from agent import __version__
 from agent.core.boundary import boundary
 from agent.config import Gateway, Mqtt
 from agent.contract import CONTRACT_VERSION, topic
+from agent.core.backoff import Backoff, Retry
 from agent.core.clock import SYSTEM, Clock
 from agent.outbox import Outbox
 
@@ -119,6 +119,10 @@ class MqttUplink:
     async def run(self) -> None:
         """Connect, drain, reconnect with exponential backoff and jitter, until cancelled."""
         loop = asyncio.get_running_loop()
+        # "full" jitter on an exponential ceiling spreads a fleet reconnecting to one broker; refused
+        # credentials will not get better by retrying fast, so those back off to a slower cap
+        retries = {False: Retry(self.cfg.reconnect, spread="full"),
+                   True: Retry(Backoff(initial=self.cfg.reconnect.initial, max=_AUTH_BACKOFF_MAX), spread="full")}
         attempt = 0
         while not self._stopping:
             self.stats.state = "connecting"
@@ -128,7 +132,6 @@ class MqttUplink:
                 attempt += 1
                 self.stats.connect_failures += 1
                 code = getattr(exc, "code", None)
-                cap = _AUTH_BACKOFF_MAX if code in _AUTH_REFUSED else self.cfg.reconnect.max
                 self.stats.state = "refused" if code in _AUTH_REFUSED else "disconnected"
                 self._set_error(self._describe(exc))
                 self._drop_client()
@@ -136,10 +139,7 @@ class MqttUplink:
                     log.warning("broker %s does not speak MQTT 5; falling back to 3.1.1", self.stats.broker)
                     self._use_v5 = False
                     continue
-                # "full jitter" on an exponential ceiling spreads a fleet reconnecting to one broker
-                ceiling = min(cap, self.cfg.reconnect.initial * 2 ** min(attempt, 16))
-                await self.clock.sleep(random.uniform(self.cfg.reconnect.initial,
-                                                      max(ceiling, self.cfg.reconnect.initial)))
+                await self.clock.sleep(retries[code in _AUTH_REFUSED].delay(min(attempt, 16)))
                 continue
             attempt = 0
             try:

@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
+import tenacity.wait
 
-from agent import uplink as uplink_module
 from agent.config import Gateway, Mqtt
 from agent.core.clock import VirtualClock
 from agent.core.model import Priority, now_ms
@@ -207,7 +207,7 @@ def refused_port() -> int:
 
 
 class PinnedJitter:
-    """``random`` for the uplink, each draw pinned to one end of its range."""
+    """``random`` for the backoff's draws, each pinned to one end of its range."""
 
     def __init__(self, end: str):
         self.end = end
@@ -242,7 +242,7 @@ def test_reconnect_waits_are_drawn_under_a_ceiling_that_doubles_up_to_max(tmp_pa
     """Full jitter: after the n-th failure in a row the uplink waits between ``initial`` and
     ``initial * 2**n`` (never above ``max``), so a fleet that lost one broker does not come back in
     step. Pinned to each end of the draw, the waits are exactly the bounds."""
-    monkeypatch.setattr(uplink_module, "random", PinnedJitter(end))
+    monkeypatch.setattr(tenacity.wait, "random", PinnedJitter(end))   # the core backoff draws through tenacity
     times, uplink = asyncio.run(failure_times(tmp_path, 6))
     assert [round(b - a, 6) for a, b in zip(times, times[1:])] == waits
     assert uplink.stats.state == "disconnected" and uplink.stats.connects == 0

@@ -6,8 +6,8 @@ failing is reported, not hammered).
 
 Two spreads: ``added`` (the default: ``initial * 2**(n-1)`` plus up to ``initial`` of jitter, so
 the spacing grows steadily, for one device or link), and ``full`` (anywhere between ``initial``
-and the exponential ceiling, for many clients of one server, so a fleet reconnecting to a broker
-that came back does not arrive in step).
+and the exponential ceiling ``initial * 2**n``, for many clients of one server, so a fleet
+reconnecting to a broker that came back does not arrive in step).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Retry:
     def __init__(self, policy: Backoff, spread: Literal["added", "full"] = "added"):
         self.policy = policy
         self.failures = 0
+        self._full = spread == "full"
         if spread == "full":
             self._wait = wait_random_exponential(multiplier=policy.initial, max=policy.max, min=policy.initial)
         else:
@@ -55,8 +56,9 @@ class Retry:
         self._state = RetryCallState(None, None, (), {})   # type: ignore[arg-type]
 
     def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th consecutive failure (1 for the first)."""
-        self._state.attempt_number = max(1, failures)
+        """Seconds to wait after the ``failures``-th consecutive failure (1 for the first): ``added``
+        from ``initial * 2**(n-1)`` up, ``full`` anywhere from ``initial`` to ``initial * 2**n``."""
+        self._state.attempt_number = max(1, failures) + (1 if self._full else 0)
         return self._wait(self._state)
 
     def next_delay(self) -> float:
