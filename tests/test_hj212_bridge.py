@@ -319,7 +319,7 @@ def test_a_peer_streaming_frame_headers_never_holds_the_event_loop():
     import gc
 
     async def scenario():
-        sink = Sink()
+        sink = RecordingSink()
         async with Running([device()], sink) as running:
             listener: TcpListener = running.runner   # type: ignore[assignment]
             reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
