@@ -115,7 +115,7 @@ class MqttPacket(Target):
         self.server = self.loop.run_until_complete(asyncio.start_server(self._accept, "127.0.0.1", 0))
         port = self.server.sockets[0].getsockname()[1]
         cfg = Mqtt(host="127.0.0.1", port=port, protocol="5", keepalive=30, connect_timeout=2,
-                   reconnect={"initial": 0.005, "max": 0.05})
+                   reconnect={"initial": 0.01, "max": 0.05})
         gateway = Gateway(id="gw-fuzz", site="lab")
         self.outbox = Outbox(workdir / "outbox.db", gateway_id=gateway.id, max_bytes=64 * 2**20, durable=False)
         self.uplink = MqttUplink(cfg, gateway, self.outbox, birth=lambda: {"agent": "fuzz", "devices": []})
