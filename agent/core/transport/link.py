@@ -7,7 +7,9 @@ the peer; everything about reading is here, once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from agent.core.clock import Clock
@@ -143,3 +145,15 @@ class LinkBase:
             self._write(data)
         except Exception as exc:   # noqa: BLE001 - a dead link is the transport's business, not the session's
             log.debug("%s: writing to %s failed: %s", self.bridge.name, self.peer, exc)
+
+
+async def until_lost(lost: "asyncio.Future[Any]", clock: Clock, tick: float, check: Callable[[], None]) -> None:
+    """Until the link is lost (``lost`` resolves), ``check()`` its timeouts every ``tick`` seconds
+    of ``clock``."""
+    while not lost.done():
+        timer = asyncio.ensure_future(clock.sleep(tick))
+        try:
+            await asyncio.wait({lost, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        check()

@@ -20,7 +20,7 @@ from agent.core.backoff import Backoff, Retry
 from agent.core.clock import SYSTEM, Clock
 from agent.core.transport.contract import Bridge
 from agent.core.transport.limits import Limits, TransportStats
-from agent.core.transport.link import LinkBase
+from agent.core.transport.link import LinkBase, until_lost
 from agent.core.transport.retry import keep_trying
 from agent.core.transport.serial_line import SerialLine
 
@@ -128,13 +128,7 @@ class SerialTransport:
         loop.add_reader(link.fd, link.readable)
         log.info("%s: %s open", self.bridge.name, self.line.port)
         try:
-            while not link.lost.done():
-                tick = asyncio.ensure_future(self.clock.sleep(self.limits.tick))
-                try:
-                    await asyncio.wait({link.lost, tick}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    tick.cancel()
-                self._sweep(link)
+            await until_lost(link.lost, self.clock, self.limits.tick, lambda: self._sweep(link))
             why = link.lost.result()
             self.bridge.transport_problem(f"{self.line.port}: {why}")
             log.warning("%s: %s lost (%s); reopening", self.bridge.name, self.line.port, why)

@@ -14,6 +14,7 @@ from agent.core.backoff import Backoff, Retry
 from agent.core.clock import SYSTEM, Clock
 from agent.core.transport.contract import Bridge
 from agent.core.transport.limits import Limits, TransportStats
+from agent.core.transport.link import until_lost
 from agent.core.transport.retry import keep_trying
 from agent.core.transport.tcp import TcpLink, sweep
 
@@ -62,13 +63,8 @@ class TcpDialer:
 
     async def _serve(self, link: TcpLink) -> None:
         """Until the connection is lost, checking its timeouts."""
-        while not link.lost.done():
-            tick = asyncio.ensure_future(self.clock.sleep(self.limits.tick))
-            try:
-                await asyncio.wait({link.lost, tick}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                tick.cancel()
-            sweep(self.links, self.clock.monotonic(), self.limits, self.stats)
+        await until_lost(link.lost, self.clock, self.limits.tick,
+                         lambda: sweep(self.links, self.clock.monotonic(), self.limits, self.stats))
 
     # -- the link's owner --------------------------------------------------------------------------
 
