@@ -195,7 +195,7 @@ class Agent:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        loopwatch.install()
+        loopwatch.install().include(loop)   # this loop's callbacks, not a simulator's beside it (the demo)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.request_stop)

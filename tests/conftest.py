@@ -55,7 +55,7 @@ def loop_budget(request: pytest.FixtureRequest) -> Iterator[LoopWatch]:
     CPU time, so a preempted callback on two busy cores is not a false alarm); the test fails when
     one held its loop for more than the budget. ``@pytest.mark.loop_budget(ms)`` raises it for a
     test whose own harness (not the agent) computes inside a loop."""
-    watch = loopwatch.install()
+    watch = loopwatch.install(every_loop=True)
     marker = request.node.get_closest_marker("loop_budget")
     watch.budget_s = (marker.args[0] / 1000) if marker else loopwatch.BUDGET_S
     _leave_earlier_tests_heap_out()

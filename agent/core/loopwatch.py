@@ -10,9 +10,11 @@ The production agent measures wall-clock time (what a fire alarm waits for); the
 ``EDGE_AGENT_LOOP_CLOCK=cpu`` and measures the loop thread's CPU time, so that two shared cores
 busy with brokers and simulators do not turn a preempted 5 ms callback into a failure. Either way
 a callback over budget is counted, the worst are kept with what ran, and one warning a minute
-says so. ``edge-agent status`` and the ``metrics`` topic show the figures. A worker loop on a thread
-of its own (the SNMP client's) is left out with :func:`exempt`: nothing on the agent's loop waits
-for its callbacks, only for the GIL.
+says so. ``edge-agent status`` and the ``metrics`` topic show the figures. The agent watches its
+own loop only (a simulator's loop beside it in the demo's process is not its budget); the test
+suite watches every loop of its process but those left out with :func:`exempt`, a worker loop on
+a thread of its own (the SNMP client's), for whose callbacks nothing on the agent's loop waits,
+only for the GIL.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ _ORIGINAL_RUN = asyncio.events.Handle._run
 
 
 class LoopWatch:
-    def __init__(self, budget_s: float = BUDGET_S, clock: str = "wall"):
+    """``loops``: the loops watched; None for every loop of the process but the exempt ones (the
+    test suite's choice). The agent watches its own loop only, so that simulators running in its
+    process (the demo's) do not count against it."""
+
+    def __init__(self, budget_s: float = BUDGET_S, clock: str = "wall", *, every_loop: bool = False):
         if clock not in CLOCKS:
             raise ValueError(f"loop watch clock {clock!r}: expected one of {', '.join(CLOCKS)}")
+        self.loops: set[asyncio.AbstractEventLoop] | None = None if every_loop else set()
         self.budget_s = budget_s
         self.clock_name = clock
         self.clock = CLOCKS[clock]
@@ -48,6 +55,11 @@ class LoopWatch:
         self.max_what: str | None = None   # the longest callback so far, in words
         self.worst: deque[dict[str, Any]] = deque(maxlen=8)   # the latest callbacks over budget
         self._throttle = Throttle()
+
+    def include(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch ``loop`` (nothing to do when every loop is watched)."""
+        if self.loops is not None:
+            self.loops.add(loop)
 
     def over(self, handle: asyncio.Handle, seconds: float) -> None:
         self.over_budget += 1
@@ -83,7 +95,8 @@ def exempt(loop: asyncio.AbstractEventLoop) -> None:
 
 def _timed_run(handle: asyncio.Handle) -> None:
     watch = _watch
-    if watch is None or handle._loop in _exempt:   # type: ignore[attr-defined]
+    loop = handle._loop   # type: ignore[attr-defined]
+    if watch is None or loop in _exempt or (watch.loops is not None and loop not in watch.loops):
         return _ORIGINAL_RUN(handle)
     clock = watch.clock
     started = clock()
@@ -99,11 +112,12 @@ def _timed_run(handle: asyncio.Handle) -> None:
             watch.over(handle, took)
 
 
-def install(budget_s: float = BUDGET_S, clock: str | None = None) -> LoopWatch:
-    """Watch every loop of this process from now on (idempotent: returns the watch installed)."""
+def install(budget_s: float = BUDGET_S, clock: str | None = None, *, every_loop: bool = False) -> LoopWatch:
+    """Time callbacks from now on: of the loops the watch includes, or of every loop of the process
+    (``every_loop``, the test suite's). Idempotent: returns the watch installed first."""
     global _watch
     if _watch is None:
-        _watch = LoopWatch(budget_s, clock or os.environ.get("EDGE_AGENT_LOOP_CLOCK", "wall"))
+        _watch = LoopWatch(budget_s, clock or os.environ.get("EDGE_AGENT_LOOP_CLOCK", "wall"), every_loop=every_loop)
         asyncio.events.Handle._run = _timed_run   # type: ignore[method-assign]
     return _watch
 

@@ -118,7 +118,7 @@ class Commands(Target):
         self.config_path.write_text(self.config_text)
         self.state_dir = workdir / "state"
         self.loop = asyncio.new_event_loop()
-        self.watch = loopwatch.install(clock="cpu")
+        self.watch = loopwatch.install(clock="cpu", every_loop=True)
         self.agent = Agent(load_config(self.config_path), self.config_path)
         self.channel = self.agent.commands
         assert self.channel is not None

@@ -110,7 +110,7 @@ class MqttPacket(Target):
         from agent.uplink import MqttUplink
 
         self.loop = asyncio.new_event_loop()
-        self.watch = loopwatch.install(clock="cpu")
+        self.watch = loopwatch.install(clock="cpu", every_loop=True)
         self.connections: asyncio.Queue[_Connection] = asyncio.Queue()
         self.server = self.loop.run_until_complete(asyncio.start_server(self._accept, "127.0.0.1", 0))
         port = self.server.sockets[0].getsockname()[1]
