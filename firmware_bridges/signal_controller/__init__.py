@@ -53,6 +53,10 @@ class SignalControllerDriver(Driver):
         from firmware_bridges.signal_controller.commands import priority
         return {"signal.priority": priority}
 
+    def decoders(self) -> dict[str, Any]:
+        from firmware_bridges.signal_controller.gbt20999.decode import decode
+        return {"gbt20999": decode}
+
     def validate_devices(self, devices: list["DeviceConfig"]) -> list[str]:
         """Two entries for one controller (NTCIP address) or one I/O module bus are a mistake: two
         runners would fight over its preempt input (and a serial port can be opened once)."""
