@@ -114,7 +114,6 @@ class Gbt20999Client:
         self._seq = itertools.count(1)
         self._lock = asyncio.Lock()
         self._pending: _Pending | None = None
-        self._connected = asyncio.Event()
         limits = Limits(idle_timeout=3600.0, frame_timeout=max(2.0, 4 * connection.timeout),
                         max_peers=8, max_datagram=codec.MAX_FRAME)
         c = connection
@@ -130,8 +129,6 @@ class Gbt20999Client:
 
     def open_session(self, link: Link) -> _Session:
         framer = codec.DatagramFramer() if self.connection.transport == "udp" else codec.StreamFramer()
-        if self.connection.transport == "tcp":
-            self._connected.set()
         return _Session(self, link, framer)
 
     def transport_problem(self, error: str | None) -> None:
@@ -216,14 +213,29 @@ class Gbt20999Client:
             raise DeviceRefused(f"{self.name}: {frame.type_name} refused: {what}", code)
         return reply
 
-    async def _link(self) -> Link:
+    def _current_link(self) -> Link | None:
         if isinstance(self.transport, UdpPort):
             link = self.transport.link_to(self._address) if self._address else None
         else:
             link = self.transport.link
-        if link is None or getattr(link, "closing", False):
+        return None if link is None or getattr(link, "closing", False) else link
+
+    async def _link(self) -> Link:
+        link = self._current_link()
+        if link is None:
             raise NoAnswer(f"{self.name}: no link ({self.problem or 'not connected yet'})")
         return link
+
+    async def wait_link(self, limit: float) -> bool:
+        """Wait (real time, at most ``limit`` s) until the port is bound or the connection made, so
+        the first poll does not fail for nothing; False if it is not."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + limit
+        while self._current_link() is None:
+            if loop.time() >= until:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     # -- what arrives ----------------------------------------------------------------------------
 
@@ -263,7 +275,6 @@ class Gbt20999Client:
 
     def _link_closed(self, link: Link) -> None:
         if self.connection.transport == "tcp":
-            self._connected.clear()
             self._fail_pending(NoAnswer(f"{self.name}: the connection was lost"))
 
     def _fail_pending(self, exc: Exception) -> None:
