@@ -118,14 +118,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     """Decode one frame as a technician pasted it; non-zero exit with what is wrong and where."""
-    from agent.core.registry import UnknownDriver, get_driver
+    from agent.core.registry import UnknownDriver, find_decoder
     try:
-        driver = get_driver(args.protocol)
+        decode = find_decoder(args.protocol)
     except UnknownDriver as exc:
         print(f"decode: {exc}", file=sys.stderr)
         return 2
     try:
-        decoded = driver.decode(args.frame)
+        decoded = decode(args.frame)
     except NotImplementedError as exc:
         print(f"decode: {exc}", file=sys.stderr)
         return 2
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     decode = sub.add_parser("decode", help="decode one device frame (e.g. decode hj212 '##0101QN=...')")
-    decode.add_argument("protocol", help="the driver or bridge name: hj212, gb26875 ...")
+    decode.add_argument("protocol", help="the driver, bridge or protocol name: hj212, gb26875, gbt20999 ...")
     decode.add_argument("frame", help="the frame as text, or as hex for binary protocols")
     decode.set_defaults(func=cmd_decode)
 

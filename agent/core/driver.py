@@ -131,6 +131,12 @@ class Driver(ABC):
         decoded to JSON-ready data. Raises ValueError saying what is wrong and where."""
         raise NotImplementedError(f"the {self.name} driver has no frame decoder")
 
+    def decoders(self) -> "Mapping[str, Callable[[str], dict[str, Any]]]":
+        """Frame decoders under protocol names other than the driver's own, for `edge-agent decode
+        <protocol> FRAME` when a family speaks several protocols (the signal controller's
+        ``gbt20999``): name -> a function like :meth:`decode`."""
+        return {}
+
     def commands(self) -> "Mapping[str, Callable[..., Awaitable[Any]]]":
         """Commands this family adds for the centre (``camera.snapshot``, ``signal.priority``):
         name -> handler (see :mod:`agent.core.commands`). Still subject to the config's allowlist."""

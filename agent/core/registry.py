@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from collections.abc import Callable
+from typing import Any
 
 from agent.core.driver import Driver
 
@@ -65,3 +67,19 @@ def family_sections() -> dict[str, str]:
                 raise ValueError(f"drivers {sections[section]} and {name} both declare the config section {section!r}")
             sections[section] = name
     return sections
+
+
+def find_decoder(name: str) -> Callable[[str], dict[str, Any]]:
+    """The frame decoder `edge-agent decode NAME` means: the driver's own (``Driver.decode``), or a
+    protocol a family names in ``Driver.decoders()``. Raises UnknownDriver."""
+    try:
+        return get_driver(name).decode
+    except UnknownDriver:
+        pass
+    for driver_name in available_drivers():
+        decoder = get_driver(driver_name).decoders().get(name)
+        if decoder is not None:
+            return decoder
+    protocols = sorted({p for d in available_drivers() for p in get_driver(d).decoders()})
+    raise UnknownDriver(f"no decoder for {name!r}; expected a driver ({', '.join(available_drivers())}) or a "
+                        f"protocol ({', '.join(protocols) or 'none'})")

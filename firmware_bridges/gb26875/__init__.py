@@ -21,11 +21,11 @@ See README.md beside this file for technicians.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from agent.core.config import ConfigError
 from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
+from agent.core.hexbytes import parse_hex
 from firmware_bridges.gb26875 import appdata, frame
 from firmware_bridges.gb26875.mapping import COUNT_POINTS, DEVICE_POINTS, SYSTEM_POINTS, system_id
 from firmware_bridges.gb26875.options import Options
@@ -125,20 +125,6 @@ class Gb26875Driver(Driver):
 
 def _address(value: int) -> dict[str, Any]:
     return {"value": value, "hex": f"{value:#014x}", "wire": frame.address_wire(value)}
-
-
-def parse_hex(text: str) -> bytes:
-    """Bytes from hex as technicians paste it: spaces, newlines, ':' '-' ',' and 0x prefixes allowed."""
-    cleaned = re.sub(r"0[xX](?=[0-9A-Fa-f])", "", text)
-    cleaned = re.sub(r"[\s:,\-]", "", cleaned)
-    bad = re.search(r"[^0-9A-Fa-f]", cleaned)
-    if bad:
-        raise ValueError(f"not hex: {bad.group()!r} (character {bad.start()} after removing separators)")
-    if len(cleaned) % 2:
-        raise ValueError(f"odd number of hex digits ({len(cleaned)}): a byte is missing a digit")
-    if not cleaned:
-        raise ValueError("no bytes given")
-    return bytes.fromhex(cleaned)
 
 
 DRIVER = Gb26875Driver()

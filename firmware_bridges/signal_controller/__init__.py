@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.core.config import ConfigError
 from agent.core.driver import DeviceInfo, Driver, PointInfo, Runner
+from firmware_bridges.signal_controller.gbt20999.options import Gbt20999Connection
 from firmware_bridges.signal_controller.options import NtcipConnection, Options
 
 if TYPE_CHECKING:
@@ -38,6 +39,11 @@ class SignalControllerDriver(Driver):
             points.append(PointInfo("preempt", None, "bool"))
             if options.protocol == "ntcip":
                 points.append(PointInfo("preempt_state", None, "string"))
+        if options.protocol == "gbt20999":
+            from firmware_bridges.signal_controller.gbt20999.link import EXTRA_POINTS
+            points += [PointInfo(name, unit, kind) for name, unit, kind in EXTRA_POINTS]
+            for d in options.detectors:
+                points += [PointInfo(f"det{d}", None, "bool"), PointInfo(f"det{d}_volume", None, "int")]
         return DeviceInfo(kind=KIND, points=tuple(points))
 
     def create_runners(self, devices: list["DeviceConfig"], sink: "DeviceSink") -> list[Runner]:
@@ -53,6 +59,10 @@ class SignalControllerDriver(Driver):
         from firmware_bridges.signal_controller.commands import priority
         return {"signal.priority": priority}
 
+    def decoders(self) -> dict[str, Any]:
+        from firmware_bridges.signal_controller.gbt20999.decode import decode
+        return {"gbt20999": decode}
+
     def validate_devices(self, devices: list["DeviceConfig"]) -> list[str]:
         """Two entries for one controller (NTCIP address) or one I/O module bus are a mistake: two
         runners would fight over its preempt input (and a serial port can be opened once)."""
@@ -64,6 +74,8 @@ class SignalControllerDriver(Driver):
             if isinstance(connection, NtcipConnection):
                 key: tuple[str, ...] = ("ntcip", connection.host.lower(), str(connection.port))
                 what = connection.describe()
+            elif isinstance(connection, Gbt20999Connection):
+                key, what = connection.channel_key, connection.describe()
             else:
                 key = connection.bus_key
                 what = f"modbus {connection.describe()}"
@@ -71,6 +83,13 @@ class SignalControllerDriver(Driver):
                 problems.append(f"devices {seen[key]} and {device.id} both use {what}: one controller (or one "
                                 "I/O module bus) per signal_controller entry")
             seen.setdefault(key, device.id)
+            if isinstance(connection, Gbt20999Connection) and connection.transport == "udp" and connection.local_port:
+                port_key = ("gbt20999-local", str(connection.local_port))
+                if port_key in seen:
+                    problems.append(f"devices {seen[port_key]} and {device.id} both listen on UDP port "
+                                    f"{connection.local_port}: give each controller its own local_port (and set "
+                                    "that centre port in the controller)")
+                seen.setdefault(port_key, device.id)
         return problems
 
 

@@ -22,7 +22,7 @@ from agent.core.model import Event, Reading
 from drivers.modbus import bus as modbus_bus
 from drivers.modbus.options import Options as ModbusOptions
 from firmware_bridges.signal_controller.errors import NoAnswer, Refused
-from firmware_bridges.signal_controller.ntcip import StateCallback, StatusCallback
+from firmware_bridges.signal_controller.polling import StateCallback, StatusCallback
 from firmware_bridges.signal_controller.options import Options
 from firmware_bridges.signal_controller.phases import ControllerStatus, LampDecoder
 

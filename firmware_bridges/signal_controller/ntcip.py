@@ -36,7 +36,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from agent.core import loopwatch
@@ -46,6 +45,7 @@ from agent.core.clock import SYSTEM, Clock
 from firmware_bridges.signal_controller.errors import BadAnswer, NoAnswer, Refused
 from firmware_bridges.signal_controller.options import NtcipConnection, Options
 from firmware_bridges.signal_controller.phases import ControllerStatus, decode_groups, group_of
+from firmware_bridges.signal_controller.polling import LinkStats, PollLoop
 
 log = logging.getLogger("firmware_bridges.signal_controller")
 ANSWERS = boundary("ntcip")   # what controllers answer, through pysnmp, into our decoding
@@ -236,27 +236,7 @@ def _mask(value: int | bytes | None) -> int:
     return int(value)
 
 
-@dataclass(slots=True)
-class LinkStats:
-    online: bool | None = None
-    last_read_ms: int | None = None
-    polls: int = 0
-    failed_polls: int = 0
-    errors: int = 0
-    consecutive_failures: int = 0
-    skipped: int = 0
-    backoff_s: float = 0.0
-    last_error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-StatusCallback = Callable[[ControllerStatus], None]
-StateCallback = Callable[[bool, "str | None"], None]
-
-
-class NtcipLink:
+class NtcipLink(PollLoop):
     """Polls one NTCIP controller and sets its preempt control objects."""
 
     def __init__(self, device_id: str, options: Options, poll: float, *, clock: Clock = SYSTEM):
@@ -272,6 +252,7 @@ class NtcipLink:
         self.preempts = sorted(set(options.priority.preempts.values())) if options.priority else []
         self.stats = LinkStats()
         self._backoff = Retry(options.backoff)
+        self.answers = ANSWERS
         groups = sorted({group_of(p) for p in self.phases + self.peds})
         self._mask_keys = [(name, g) for name in GROUP_COLUMNS for g in groups]
         self._oids = [PHASE_STATUS_GROUP + (GROUP_COLUMNS[name], g) for name, g in self._mask_keys]
@@ -312,58 +293,6 @@ class NtcipLink:
 
     async def set_preempt(self, number: int, on: bool) -> None:
         await self.client.set_int(PREEMPT_CONTROL_STATE + (number,), 1 if on else 0)
-
-    async def run(self, on_status: StatusCallback, on_state: StateCallback) -> None:
-        """Poll at a fixed rate until cancelled; failures back off and report offline after
-        ``offline_after`` in a row. Never raises except on cancel."""
-        clock = self.clock
-        due = clock.monotonic()
-        stats = self.stats
-        while True:
-            delay = due - clock.monotonic()
-            if delay > 0:
-                await clock.sleep(delay)
-            try:
-                status = await self.read_status()
-            except asyncio.CancelledError:
-                raise
-            except (NoAnswer, Refused) as exc:
-                self._failed(str(exc), on_state)
-                due = clock.monotonic() + max(self.poll, stats.backoff_s)
-                continue
-            except Exception as exc:   # noqa: BLE001 - a bug meeting an answer must not end the link
-                ANSWERS.failed(exc, where=f"{self.device_id} {self.describe}")
-                self._failed(f"internal error: {type(exc).__name__}: {exc}", on_state)
-                due = clock.monotonic() + max(self.poll, stats.backoff_s)
-                continue
-            stats.polls += 1
-            stats.last_read_ms = status.t
-            if stats.online is not True:
-                if stats.online is False:
-                    log.info("%s: %s answers again", self.device_id, self.describe)
-                stats.online = True
-                on_state(True, None)
-            stats.consecutive_failures, stats.backoff_s = 0, 0.0
-            on_status(status)
-            due += self.poll
-            now = clock.monotonic()
-            if due <= now:   # fixed rate: skip the ticks a slow answer ate, never burst
-                missed = int((now - due) // self.poll) + 1
-                stats.skipped += missed
-                due += missed * self.poll
-
-    def _failed(self, error: str, on_state: StateCallback) -> None:
-        stats = self.stats
-        stats.failed_polls += 1
-        stats.errors += 1
-        stats.consecutive_failures += 1
-        stats.last_error = error
-        stats.backoff_s = self._backoff.delay(stats.consecutive_failures)
-        if stats.consecutive_failures >= self.offline_after and stats.online is not False:
-            log.warning("%s: %s is offline after %d failed polls: %s", self.device_id, self.describe,
-                        stats.consecutive_failures, error)
-            stats.online = False
-            on_state(False, error)
 
     async def close(self) -> None:
         self.client.close()

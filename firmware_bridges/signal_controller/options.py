@@ -3,7 +3,7 @@
 ```yaml
 - id: tsc-01
   driver: signal_controller
-  protocol: ntcip                       # or modbus_io
+  protocol: ntcip                       # or modbus_io, gbt20999
   connection: {host: 192.0.2.20, port: 161, version: 2c, community: public, timeout: 500ms}
   poll: 200ms
   phases:
@@ -31,6 +31,7 @@ from agent.core.config import Secret, Strict
 from agent.core.units import Duration
 from drivers.modbus.options import Connection as ModbusConnection
 from drivers.modbus.profile import Profile, ProfileNotFound, load_profile, looks_like_path, profile_search_dirs
+from firmware_bridges.signal_controller.gbt20999.options import Gbt20999Connection
 from firmware_bridges.signal_controller.phases import LampDecoder
 
 DEFAULT_IO_PROFILE = "signal_io_module"
@@ -145,7 +146,7 @@ class PriorityConfig(Strict):
 
 
 class Options(Strict):
-    protocol: Literal["ntcip", "modbus_io"]
+    protocol: Literal["ntcip", "modbus_io", "gbt20999"]
     connection: Any
     unit: int | None = Field(default=None, validate_default=True)      # modbus_io: the I/O module's unit id
     profile: Profile | None = Field(default=None, validate_default=True)   # modbus_io: its profile
@@ -153,6 +154,17 @@ class Options(Strict):
     priority: PriorityConfig | None = None
     backoff: Backoff = Backoff()
     offline_after: int = Field(default=3, ge=1, le=100)   # consecutive failed polls before "offline"
+    detectors: list[int] = Field(default_factory=list)     # gbt20999: detectors to publish (presence, volume)
+
+    @field_validator("detectors")
+    @classmethod
+    def _detectors(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        if value and info.data.get("protocol") != "gbt20999":
+            raise ValueError("'detectors' is for protocol gbt20999")
+        bad = [d for d in value if not 1 <= d <= 64]
+        if bad:
+            raise ValueError(f"detector numbers are 1..64, got {bad}")
+        return sorted(set(value))
 
     @field_validator("connection")
     @classmethod
@@ -164,13 +176,17 @@ class Options(Strict):
             return NtcipConnection.model_validate(value)   # errors keep their keys, under 'connection'
         if protocol == "modbus_io":
             return _MODBUS_CONNECTION.validate_python(value)
+        if protocol == "gbt20999":
+            if not isinstance(value, (dict, Gbt20999Connection)):
+                raise ValueError("expected a mapping such as {transport: udp, host: 192.0.2.30, port: 4050}")
+            return Gbt20999Connection.model_validate(value)
         return value   # protocol itself is wrong and reported
 
     @field_validator("unit")
     @classmethod
     def _unit(cls, value: int | None, info: ValidationInfo) -> int | None:
         protocol = info.data.get("protocol")
-        if protocol == "ntcip":
+        if protocol in ("ntcip", "gbt20999"):
             if value is not None:
                 raise ValueError("'unit' is for protocol modbus_io")
             return None
@@ -223,6 +239,9 @@ class Options(Strict):
                           f"({', '.join(map(str, self.phases))})")
                 if self.protocol == "ntcip" and not 1 <= number <= 255:
                     error(("priority", "preempt"), f"NTCIP preempt numbers are 1..255, got {number}")
+                if self.protocol == "gbt20999" and not 1 <= number <= 255:
+                    error(("priority", "preempt"), f"GB/T 20999 stage numbers are 1..255, got {number} "
+                          f"(phase {phase}: the stage the controller holds for it)")
         if self.protocol == "modbus_io" and self.profile is not None:
             self._check_profile(self.profile, error)
         if errors:

@@ -49,6 +49,7 @@ class ControllerStatus:
     preempt: bool | None = None          # a preempt is active (None: the controller does not say)
     preempt_state: str | None = None     # NTCIP preemptState name (dwell, entryStarted ...), when read
     t: int = 0                           # UTC epoch ms of the answer
+    extra: dict[str, str | int | float | bool] = field(default_factory=dict)   # a protocol's own points (GB/T 20999: stage, run_mode ...)
 
 
 def vehicle_colour(red: bool, yellow: bool, green: bool) -> Lamp:

@@ -173,6 +173,14 @@ class PriorityManager:
         self._centre_alive = False
         self._poke()
 
+    def link_back(self) -> None:
+        """The controller answers again: a release still to be written is tried now, not at its next retry."""
+        if self._pending:
+            now = self.clock.monotonic()
+            for number in self._pending:
+                self._pending[number] = now
+            self._poke()
+
     def observe(self, status: ControllerStatus) -> None:
         """Each poll: note when the requested phase actually shows green (for logs and events)."""
         held = self._held
@@ -351,6 +359,7 @@ class PriorityManager:
         else:
             self._pending.pop(number, None)
             log.info("%s: preempt %d released", self.device_id, number)
+            self._event("signal.priority_release_confirmed", {"preempt": number})
         self._sync_pending()
 
     def _retry_interval(self) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.core.clock import SYSTEM, Clock
 from agent.core.config import DeviceConfig
-from agent.core.model import DeviceSink, Reading, Value
+from agent.core.model import DeviceSink, Event, Reading, Value
 from agent.core.driver import HoldsForCentre, Runner
 from firmware_bridges.signal_controller.errors import PriorityRefused
 from firmware_bridges.signal_controller.ntcip import NtcipLink
@@ -43,6 +43,11 @@ class SignalRunner(Runner, HoldsForCentre):
         self.clock = clock   # the link's schedule and the priority's holds (tests: a VirtualClock)
         if options.protocol == "ntcip":
             self.link: Any = NtcipLink(device.id, options, device.poll, clock=clock)
+        elif options.protocol == "gbt20999":
+            from firmware_bridges.signal_controller.gbt20999.link import Gbt20999Link
+            self.link = Gbt20999Link(device.id, options, device.poll, clock=clock)
+            self.link.audit = self._audit
+            self.link.on_report = self._report
         else:
             from firmware_bridges.signal_controller.modbus_io import ModbusIoLink   # late: pymodbus only if used
             self.link = ModbusIoLink(device, options, clock=clock)
@@ -83,6 +88,9 @@ class SignalRunner(Runner, HoldsForCentre):
 
     def stats(self) -> dict[str, dict[str, Any]]:
         entry = self.link.stats.as_dict()
+        client = getattr(self.link, "client", None)
+        if client is not None and hasattr(client, "stats"):   # GB/T 20999: requests, traps, bad frames
+            entry["protocol"] = client.stats.as_dict()
         entry["state_changes"] = self.tracker.changes
         entry["priority"] = self.priority.as_dict()
         return {self.device_id: entry}
@@ -153,6 +161,8 @@ class SignalRunner(Runner, HoldsForCentre):
     def _on_state(self, online: bool, error: str | None) -> None:
         if not online:
             self.tracker.forget()
+        else:
+            self.priority.link_back()   # a release that could not be written is tried again now
         try:
             self.sink.device_state(self.device_id, online, error)
         except Exception:   # noqa: BLE001
@@ -169,7 +179,21 @@ class SignalRunner(Runner, HoldsForCentre):
             readings.append(Reading("preempt", status.preempt, None, t))
         if self._preempt_state and status.preempt_state is not None:
             readings.append(Reading("preempt_state", status.preempt_state, None, t))
+        readings += [Reading(name, value, "s" if name.endswith("_s") else None, t) for name, value in status.extra.items()]
         return readings
+
+    def _audit(self, step: str, data: dict[str, Any]) -> None:
+        """A step of holding a stage or giving the controller its own mode back (GB/T 20999)."""
+        self._emit("signal.control", {"step": step, **data})
+
+    def _report(self, kind: str, data: dict[str, Any]) -> None:
+        self._emit(kind, data)
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        try:
+            self.sink.event(self.device_id, Event(kind, "info", data))
+        except Exception:   # noqa: BLE001 - the agent's problem must not stop the controller's link
+            log.exception("sink rejected event %s of %s", kind, self.device_id)
 
     def point_names(self) -> list[str]:
         names = [f"phase{p}" for p in self.options.phases] + [f"ped{p}" for p in self.options.peds]
@@ -177,6 +201,10 @@ class SignalRunner(Runner, HoldsForCentre):
             names.append("preempt")
         if self._preempt_state:
             names.append("preempt_state")
+        if self.options.protocol == "gbt20999":
+            from firmware_bridges.signal_controller.gbt20999.link import EXTRA_POINTS
+            names += [name for name, _, _ in EXTRA_POINTS]
+            names += [f"det{d}{suffix}" for d in self.options.detectors for suffix in ("", "_volume")]
         return names
 
     def _check_device(self, device_id: str) -> None:

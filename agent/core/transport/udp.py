@@ -89,17 +89,31 @@ class UdpPort(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport   # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def link_to(self, address: Any) -> UdpLink | None:
+        """The link to ``address``, made (with its session) if this port has not heard from it yet:
+        for a bridge that speaks first, as a centre polling a controller does. None while unbound
+        or if the session could not be made."""
+        if self.transport is None:
+            return None
+        return self._link(address)
+
+    def _link(self, addr: Any) -> UdpLink | None:
         link = self.links.get(addr)
         if link is None:
             if len(self.links) >= self.limits.max_peers:
                 self.forget(next(iter(self.links)))
             link = UdpLink(self, addr)
             if not link.open_session():
-                return
+                return None
             self.links[addr] = link
             self.stats.accepted += 1
             self.stats.connections = len(self.links)
+        return link
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        link = self._link(addr)
+        if link is None:
+            return
         limit = self.limits.max_datagram
         if limit is not None and len(data) > limit:
             # more frames than a device puts in one datagram: junk, and cutting it would hold the

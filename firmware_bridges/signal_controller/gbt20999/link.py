@@ -1,0 +1,256 @@
+"""The runner's link to a GB/T 20999 controller: lamp groups read into phase colours, stage and
+mode published, and a stage held for priority with the controller's own mode and plan put back.
+
+**Reading.** At the first answer (and after every time the controller was offline) the link reads
+which lamp groups each configured phase drives (04.02.02.p) and their types (03.02.02.g: vehicle,
+pedestrian). Each poll is then one query: every lamp group's state (03.03.02.g), the road's run
+mode, plan and stage (0D.02.02/03/04.r), the stage's state and remaining time (06.03.02/04.s) and
+the configured detectors (0E.01.00.00 presence, 0E.02.02.d volume); a second query follows only
+when the stage changed. ``phase<n>`` is the colour of the phase's vehicle lamp groups and
+``ped<n>`` that of its pedestrian groups, with the NTCIP path's names and values.
+
+**Holding a stage** (:meth:`Gbt20999Link.set_preempt`, called by the priority manager with the
+stage configured for the phase). No GB/T 20999 control object carries a duration, and the
+priority status tables (08.03, 08.06) are read-only, so the agent owns the hold:
+
+1. before the first hold the road's run mode and plan are read and kept (audited: ``saved``);
+2. where the controller needs it (``hold_mode``), the specified run mode is set (11.01.04.r),
+   then the specified stage (11.01.02.r); the priority manager re-sends it every ``reassert``;
+3. to let go, the plan is set back if it changed (11.01.03.r), then the run mode (11.01.04.r):
+   the controller runs its own schedule again (audited: ``restored``). If that fails the
+   priority manager retries until it lands, and at once when the controller answers again.
+
+What a controller does by itself when the centre goes quiet is vendor-defined: configure its own
+centre-loss fallback where it has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.core.backoff import Retry
+from agent.core.clock import SYSTEM, Clock
+from firmware_bridges.signal_controller.errors import NoAnswer, Refused
+from firmware_bridges.signal_controller.gbt20999 import objects as o
+from firmware_bridges.signal_controller.gbt20999.client import FRAMES, Gbt20999Client
+from firmware_bridges.signal_controller.gbt20999.codec import DataValue, Frame
+from firmware_bridges.signal_controller.gbt20999.decode import value_dict
+from firmware_bridges.signal_controller.gbt20999.options import Gbt20999Connection
+from firmware_bridges.signal_controller.options import Options
+from firmware_bridges.signal_controller.phases import ControllerStatus, Lamp
+from firmware_bridges.signal_controller.polling import LinkStats, PollLoop, StateCallback, StatusCallback
+
+log = logging.getLogger("firmware_bridges.signal_controller")
+
+# points this path adds to the NTCIP path's (name, unit, type)
+EXTRA_POINTS = (("stage", None, "int"), ("stage_state", None, "string"), ("stage_remaining_s", "s", "int"),
+                ("run_mode", None, "string"), ("plan", None, "int"))
+
+_VEHICLE = {0x10: "red", 0x11: "red", 0x12: "red", 0x40: "red", 0x20: "green", 0x21: "green", 0x22: "green",
+            0x30: "yellow", 0x31: "yellow", 0x32: "yellow", 0x01: "dark"}
+# green flashing is the pedestrian clearance (the Chinese walk signal flashes before red)
+_PED = {0x10: "dont_walk", 0x11: "dont_walk", 0x12: "dont_walk", 0x20: "walk", 0x21: "flashing",
+        0x22: "flashing", 0x01: "dark"}
+_RANK = {"green": 3, "walk": 3, "flashing": 2, "yellow": 2, "red": 1, "dont_walk": 1, "dark": 0}
+
+
+def lamp_of(states: list[int], table: dict[int, str]) -> Lamp:
+    """One head from the states of the lamp groups it has: the highest colour; ``conflict`` when
+    they disagree or a state is not one the standard lists."""
+    colours = [table.get(s) for s in states]
+    known = [c for c in colours if c is not None]
+    if not known:
+        return Lamp("dark", conflict=bool(states))
+    colour = max(known, key=_RANK.__getitem__)
+    return Lamp(colour, conflict=len(set(colours)) > 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    vehicle: dict[int, tuple[int, ...]]   # phase -> its vehicle lamp groups
+    ped: dict[int, tuple[int, ...]]       # phase -> its pedestrian lamp groups
+
+    @property
+    def groups(self) -> list[int]:
+        return sorted({g for gs in (*self.vehicle.values(), *self.ped.values()) for g in gs})
+
+
+AuditCallback = Callable[[str, dict[str, Any]], None]
+
+
+class Gbt20999Link(PollLoop):
+    def __init__(self, device_id: str, options: Options, poll: float, *, clock: Clock = SYSTEM):
+        assert isinstance(options.connection, Gbt20999Connection)
+        self.device_id = device_id
+        self.connection = c = options.connection
+        self.clock = clock
+        self.describe = c.describe()
+        self.poll = poll
+        self.offline_after = options.offline_after
+        self.phases = list(options.phases)
+        self.peds = options.peds
+        self.detectors = options.detectors
+        self.stats = LinkStats()
+        self._backoff = Retry(options.backoff)
+        self.answers = FRAMES
+        self.client = Gbt20999Client(device_id, c, backoff=options.backoff, clock=clock, on_trap=self._trap)
+        self.audit: AuditCallback = lambda step, data: None
+        self.on_report: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
+        self.layout: Layout | None = None
+        self._stage: int | None = None
+        self.saved: tuple[int, int] | None = None   # (run mode, plan) before the hold
+        self.held_stage: int | None = None
+        self.heartbeat_failures = 0
+
+    @property
+    def online(self) -> bool | None:
+        return self.stats.online
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def read_layout(self) -> Layout:
+        client = self.client
+        wanted = sorted(set(self.phases) | set(self.peds))
+        maps = await client.query([o.phase_lamp_groups(p) for p in wanted])
+        groups_of = {p: o.bitmap(maps[o.phase_lamp_groups(p)]) for p in wanted}
+        groups = sorted({g for gs in groups_of.values() for g in gs})
+        types = await client.query([o.lamp_group_type(g) for g in groups]) if groups else {}
+        kind = {g: o.uint(types[o.lamp_group_type(g)]) for g in groups}
+        vehicle = {p: tuple(g for g in groups_of[p] if kind[g] in (1, 2)) for p in self.phases}
+        ped = {p: tuple(g for g in groups_of[p] if kind[g] == 3) for p in self.peds}
+        log.info("%s: lamp groups by phase: vehicle %s, pedestrian %s", self.device_id, vehicle, ped)
+        return Layout(vehicle, ped)
+
+    async def read_status(self) -> ControllerStatus:
+        if self.layout is None or self.stats.online is not True:
+            self.layout = await self.read_layout()
+        layout, r = self.layout, self.connection.road
+        stage = self._stage or 1
+        ids = [o.lamp_group_state(g) for g in layout.groups]
+        ids += [o.run_mode(r), o.current_plan(r), o.current_stage(r), o.stage_status(stage), o.stage_remaining(stage)]
+        if self.detectors:
+            ids.append(o.DETECTOR_PRESENCE)
+            ids += [o.detector_volume(d) for d in self.detectors]
+        values = await self.client.query(ids)
+        current = o.uint(values[o.current_stage(r)])
+        if current and current != stage:
+            values.update(await self.client.query([o.stage_status(current), o.stage_remaining(current)]))
+        self._stage = current or stage
+        t = self.clock.now_ms()
+        states = {g: o.uint(values[o.lamp_group_state(g)]) for g in layout.groups}
+        vehicles = {p: lamp_of([states[g] for g in layout.vehicle[p]], _VEHICLE) for p in self.phases}
+        peds = {p: lamp_of([states[g] for g in layout.ped[p]], _PED) for p in self.peds}
+        status = ControllerStatus(vehicles, peds, t=t)
+        mode = o.uint(values[o.run_mode(r)])
+        shown = self._stage
+        status.extra = {
+            "stage": current, "stage_state": o.STAGE_STATES.get(o.uint(values[o.stage_status(shown)]), "unknown"),
+            "stage_remaining_s": o.uint(values[o.stage_remaining(shown)]),
+            "run_mode": o.RUN_MODES.get(mode, f"unknown_{mode:#04x}"), "plan": o.uint(values[o.current_plan(r)]),
+        }
+        if self.detectors:
+            present = set(o.bitmap(values[o.DETECTOR_PRESENCE]))
+            for d in self.detectors:
+                status.extra[f"det{d}"] = d in present
+                status.extra[f"det{d}_volume"] = o.uint(values[o.detector_volume(d)])
+        if self.held_stage is not None:
+            status.preempt = current == self.held_stage
+        else:
+            status.preempt = False
+        return status
+
+    def _trap(self, frame: Frame) -> None:
+        """The controller's own report: alarms (class 15) and faults (16) become events, the rest
+        is counted (the poll reads the state anyway)."""
+        values = [value_dict(frame, v) for v in frame.values]
+        classes = {v.cls for v in frame.values}
+        if o.ALARMS in classes or o.FAULTS in classes:
+            kind = "signal.controller_fault" if o.FAULTS in classes else "signal.controller_alarm"
+            self.on_report(kind, {"values": values[:16]})
+        else:
+            log.debug("%s: report %s", self.device_id, values[:4])
+
+    # -- holding a stage (the priority manager's Actuator) -------------------------------------
+
+    async def set_preempt(self, stage: int, on: bool) -> None:
+        if on:
+            await self._hold(stage)
+        else:
+            await self._restore()
+
+    async def _hold(self, stage: int) -> None:
+        c, r = self.connection, self.connection.road
+        if self.saved is None:
+            values = await self.client.query([o.run_mode(r), o.current_plan(r)])
+            self.saved = (o.uint(values[o.run_mode(r)]), o.uint(values[o.current_plan(r)]))
+            self.audit("saved", {"run_mode": o.RUN_MODES.get(self.saved[0], self.saved[0]),
+                                 "run_mode_code": self.saved[0], "plan": self.saved[1]})
+        first = self.held_stage != stage
+        try:
+            if c.hold_mode is not None and first:
+                await self.client.set([DataValue(*o.specified_mode(r), bytes((c.hold_mode,)))])
+            await self.client.set([DataValue(*o.specified_stage(r), bytes((stage,)))])
+        except Refused:
+            if first and self.held_stage is None:
+                # the controller said no to the first hold: put back the mode if it was changed
+                # (a no-answer is left to the priority manager, which takes the request back)
+                if c.hold_mode is not None:
+                    with contextlib.suppress(NoAnswer, Refused):
+                        await self._restore()
+                self.saved = None
+            raise
+        if first:
+            self.held_stage = stage
+            self.audit("hold", {"stage": stage, "run_mode_code": c.hold_mode})
+
+    async def _restore(self) -> None:
+        """Put back the run mode and plan read before the hold. Raises (NoAnswer, Refused) when it
+        did not land; the priority manager retries."""
+        saved, r = self.saved, self.connection.road
+        if saved is None:
+            self.held_stage = None
+            return   # nothing was changed (the read before the hold failed)
+        mode, plan = saved
+        try:
+            current = await self.client.query([o.current_plan(r)])
+            if o.uint(current[o.current_plan(r)]) != plan and plan:
+                await self.client.set([DataValue(*o.specified_plan(r), bytes((plan,)))])
+            await self.client.set([DataValue(*o.specified_mode(r), bytes((mode,)))])
+        except Exception as exc:
+            self.audit("restore_failed", {"run_mode_code": mode, "plan": plan, "error": str(exc)})
+            raise
+        self.saved, self.held_stage = None, None
+        self.audit("restored", {"run_mode": o.RUN_MODES.get(mode, mode), "run_mode_code": mode, "plan": plan})
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, on_status: StatusCallback, on_state: StateCallback) -> None:
+        transport = asyncio.create_task(self.client.run(), name=f"{self.device_id}:gbt20999")
+        beat = asyncio.create_task(self._heartbeats(), name=f"{self.device_id}:heartbeat")
+        try:
+            await self.client.wait_link(2.0)
+            await PollLoop.run(self, on_status, on_state)
+        finally:
+            for task in (transport, beat):
+                task.cancel()
+            await asyncio.gather(transport, beat, return_exceptions=True)
+
+    async def _heartbeats(self) -> None:
+        every = self.connection.heartbeat
+        if not every:
+            return
+        while True:
+            await self.clock.sleep(every)
+            try:
+                await self.client.heartbeat()
+            except (NoAnswer, Exception) as exc:   # noqa: BLE001 - the poll decides online/offline
+                self.heartbeat_failures += 1
+                log.debug("%s: heartbeat: %s", self.device_id, exc)
+
+    async def close(self) -> None:
+        self.client.close()
