@@ -76,3 +76,26 @@ def _unb64(text: str) -> bytes:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(str(exc)) from None
+
+
+def web_passwd(name: str, role: str, from_stdin: bool) -> int:
+    """``edge-agent web-passwd NAME``: asks for a password twice (or reads one line from stdin)
+    and prints the account entry for the ``web: accounts:`` list of the config."""
+    import getpass
+    import re
+    import sys
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        print("web-passwd: a name is 1-64 of A-Z a-z 0-9 _ . @ -", file=sys.stderr)
+        return 2
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            print("web-passwd: the two passwords differ; nothing written", file=sys.stderr)
+            return 1
+    if len(password) < 10:
+        print("web-passwd: use at least 10 characters (a gateway's console faces a street cabinet)", file=sys.stderr)
+        return 1
+    print(f'    - {{name: {name}, role: {role}, password_hash: "{hash_password(password)}"}}')
+    return 0
