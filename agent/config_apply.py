@@ -126,6 +126,11 @@ def roll_back(config_path: Path | None, state_dir: Path, marker: dict[str, Any],
     log.error("config.apply %s rolled back: %s", marker["id"], reason)
 
 
+def in_progress(state_dir: Path) -> dict[str, Any] | None:
+    """The marker of an apply not yet answered (applying, or rolled back and not yet reported)."""
+    return _read_marker(state_dir)
+
+
 def pending(state_dir: Path) -> dict[str, Any] | None:
     marker = _read_marker(state_dir)
     return marker if marker is not None and marker.get("state") == "applying" else None

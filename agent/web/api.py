@@ -100,7 +100,7 @@ class Api:
     async def overview(self, request: web.Request) -> web.Response:
         snap = self._snapshot()
         agent = self._agent()
-        marker = config_apply.pending(agent.config.agent.state_dir)
+        marker = config_apply.in_progress(agent.config.agent.state_dir)
         return json({
             "gateway": snap["gateway"], "site": snap["site"], "agent": snap["agent"], "boot": snap["boot"],
             "started_ms": snap["started_ms"], "ts": snap["ts"], "uplink": snap["uplink"], "buffer": snap["buffer"],
@@ -269,7 +269,7 @@ class Api:
 
     async def apply_state(self, request: web.Request) -> web.Response:
         agent = self.console.agent
-        pending = config_apply.pending(agent.config.agent.state_dir) if agent is not None else None
+        pending = config_apply.in_progress(agent.config.agent.state_dir) if agent is not None else None
         return json({"applying": pending is not None or agent is None,
                      "results": list(self.apply_results.values())[-5:]})
 

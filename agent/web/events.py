@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from agent.core.model import EvidenceFile
+from agent.core.model import EvidenceFile, now_ms
 
 MAX_EVENTS = 100
 MAX_BYTES = 24 * 2**20   # evidence held; the oldest event's files go first
@@ -30,7 +30,7 @@ class EventLog:
             target = body["data"]["event"]   # the clip belongs on its violation's line
         else:
             self._events[event_id] = {k: body.get(k) for k in ("id", "device", "type", "severity", "data", "t")} | {
-                "files": []}
+                "ts": now_ms(), "files": []}
         entry = self._events[target]
         held = self._files.setdefault(target, {})
         for file in files:

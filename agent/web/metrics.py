@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 PREFIX = "edge_agent"
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 # blocks keyed by device / boundary / class, and the label their keys get
-_LABELLED = {"devices": "device", "boundaries": "boundary", "evictions": "class", "inference": "camera",
+_RENAMED = {"boundaries": "boundary_failures"}   # {boundary: failures} reads better under this name
+_LABELLED = {"devices": "device", "boundary_failures": "boundary", "evictions": "class", "inference": "camera",
              "refused": "code"}
 
 
@@ -45,15 +46,15 @@ class TopicCollector(Collector):
         data = self.figures()
         if data is None:   # the agent is restarting
             return
-        families: dict[str, GaugeMetricFamily] = {}
+        families: dict[str, tuple[tuple[str, ...], GaugeMetricFamily]] = {}
 
         def emit(name: str, labels: dict[str, str], value: float) -> None:
-            family = families.get(name)
-            if family is None:
-                family = families[name] = GaugeMetricFamily(name, f"metrics topic: {name[len(PREFIX) + 1:]}",
-                                                            labels=list(labels))
-            if list(labels) == family._labelnames:   # noqa: SLF001 - one label set per family
-                family.add_metric(list(labels.values()), value)
+            known = families.get(name)
+            if known is None:
+                known = families[name] = (tuple(labels), GaugeMetricFamily(
+                    name, f"the metrics topic's {name[len(PREFIX) + 1:]}", labels=list(labels)))
+            if tuple(labels) == known[0]:   # one label set per family
+                known[1].add_metric(list(labels.values()), value)
 
         def walk(value: Any, parts: tuple[str, ...], labels: dict[str, str]) -> None:
             number = _number(value)
@@ -71,8 +72,8 @@ class TopicCollector(Collector):
             if key == "uplink":
                 state = value.get("state")
                 emit(_name("uplink_connected"), {}, 1.0 if state == "connected" else 0.0)
-            walk(value, (key,), {})
-        yield from families.values()
+            walk(value, (_RENAMED.get(key, key),), {})
+        yield from (family for _, family in families.values())
 
 
 def registry(figures: Callable[[], dict[str, Any] | None]) -> CollectorRegistry:
