@@ -26,7 +26,7 @@ from typing import Any
 from agent import __version__, config_apply, sd_notify
 from agent import status as reporting
 from agent.command_handlers import HANDLERS as AGENT_COMMANDS
-from agent.commands import CommandChannel
+from agent.commands import AuditLog, CommandChannel, RequestContext, execute
 from agent.config import AgentConfig
 from agent.contract import topic as contract_topic
 from agent.core import loopwatch
@@ -43,6 +43,7 @@ from agent.uplink import MqttUplink
 log = logging.getLogger("agent")
 
 SHUTDOWN_TASK_TIMEOUT = 5.0
+LOCAL_PREFIX = "web:"   # request ids of the console's actions: a colon no id from the centre can hold (CONTRACT.md)
 CENTRE_WATCH_S = 1.0
 
 
@@ -79,14 +80,23 @@ class Agent:
             self.runners += self.drivers[name].create_runners(devices, self.pipeline)
         self._runner_of = {device_id: runner for runner in self.runners for device_id in runner.device_ids}
         self.commands: CommandChannel | None = None
-        if config.commands.key is not None or config.commands.allow:
-            # every family's commands, configured here or not: a camera.snapshot on a gateway
-            # without cameras is answered as the allowlist and the devices say, like any other
-            handlers = dict(AGENT_COMMANDS)
-            for driver in [get_driver(name) for name in available_drivers()] + list(self.drivers.values()):
-                handlers.update(driver.commands())
-            self.commands = CommandChannel(self, config.commands, config.agent.state_dir, handlers, clock=clock)
+        # every family's commands, configured here or not: a camera.snapshot on a gateway
+        # without cameras is answered as the allowlist and the devices say, like any other
+        self.handlers = dict(AGENT_COMMANDS)
+        for driver in [get_driver(name) for name in available_drivers()] + list(self.drivers.values()):
+            self.handlers.update(driver.commands())
+        centre = config.commands.key is not None or bool(config.commands.allow)
+        # one audit log for the centre's commands and the console's changes
+        self.audit: AuditLog | None = None
+        if centre or config.web is not None:
+            config.agent.state_dir.mkdir(parents=True, exist_ok=True)
+            self.audit = AuditLog(config.agent.state_dir / "audit.log")
+        if centre:
+            self.commands = CommandChannel(self, config.commands, config.agent.state_dir, self.handlers, clock=clock,
+                                           audit=self.audit)
             self.uplink.on_command = self.commands.on_message
+        # results of the console's own config.apply after the restart (agent/web), by request id
+        self.on_local_answer: Any = None
         self.uplink.on_state_change = self._uplink_changed
         self.health = HealthSampler(config.buffer.path.parent)
         self.supervisor = Supervisor(clock=clock)
@@ -140,9 +150,26 @@ class Agent:
         self.outbox.put(Priority.ALARM, self.topic(f"cmd_result/{request_id}"), body)
         self.pipeline.commit_soon()
 
+    async def run_local(self, name: str, args: dict[str, Any], by: str) -> tuple[bool, Any]:
+        """A command from the technician's console: the handler, checks and audit log of the
+        centre's same command (its signature and allowlist are the centre's; the console has
+        its own login and roles). Returns ``(ok, result or error)``."""
+        if self.audit is None:
+            raise RuntimeError("no audit log: the console runs only with one")
+        request_id = f"{LOCAL_PREFIX}{uuid.uuid4().hex[:16]}"
+        ctx = RequestContext(request_id, self, self.config.commands)
+        return await execute(self.handlers[name], ctx, name, args, self.audit, self.config.commands.timeout, by=by)
+
     def _answer(self, request_id: str, ok: bool, value: Any) -> None:
-        """A result that comes after a restart (config.apply)."""
-        if self.commands is not None:
+        """A result that comes after a restart (config.apply): to the centre, or to the console
+        for one of its own."""
+        if request_id.startswith(LOCAL_PREFIX):
+            if self.audit is not None:
+                self.audit.write({"event": "done" if ok else "failed", "command": "config.apply", "id": request_id,
+                                  "after_restart": value})
+            if self.on_local_answer is not None:
+                self.on_local_answer(request_id, ok, value)
+        elif self.commands is not None:
             self.commands.answer(request_id, ok, value)
 
     def centre_heard(self) -> None:
@@ -252,5 +279,7 @@ class Agent:
         self.write_status(uplink={"state": "stopped"}, stopped=True)
         if self.commands is not None:
             self.commands.close()
+        if self.audit is not None:
+            self.audit.close()
         self.outbox.close()
         log.info("stopped")

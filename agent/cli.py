@@ -1,4 +1,4 @@
-"""`edge-agent` command line: run, check-config, status, demo, drivers."""
+"""`edge-agent` command line: run, check-config, status, demo, web-passwd, drivers."""
 
 from __future__ import annotations
 
@@ -74,6 +74,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"edge-agent cannot start: {exc}", file=sys.stderr)
         return EXIT_OUTBOX
     return 0
+
+
+def cmd_web_passwd(args: argparse.Namespace) -> int:
+    from agent.web.passwords import web_passwd
+    return web_passwd(args.name, args.role, args.stdin)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -178,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--no-live", action="store_true", help="log lines instead of the live view")
     demo.set_defaults(func=cmd_demo)
+
+    passwd = sub.add_parser("web-passwd", help="print a web console account with a scrypt hash of a password "
+                                               "(for web: accounts: in the config)")
+    passwd.add_argument("name")
+    passwd.add_argument("--role", choices=("viewer", "admin"), default="admin")
+    passwd.add_argument("--stdin", action="store_true", help="read the password from one line of stdin")
+    passwd.set_defaults(func=cmd_web_passwd)
 
     decode = sub.add_parser("decode", help="decode one device frame (e.g. decode hj212 '##0101QN=...')")
     decode.add_argument("protocol", help="the driver, bridge or protocol name: hj212, gb26875, gbt20999 ...")

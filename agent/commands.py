@@ -175,7 +175,7 @@ class CommandChannel:
     """Receives raw requests from the uplink and answers them through the outbox."""
 
     def __init__(self, site: CommandSite, cfg: Commands, state_dir: Path, handlers: Mapping[str, CommandHandler],
-                 *, clock: Clock = SYSTEM):
+                 *, clock: Clock = SYSTEM, audit: AuditLog | None = None):
         self.site = site
         self.clock = clock   # the gateway's time: a request's expiry and when the centre was last heard
         self.handlers = dict(handlers)
@@ -183,7 +183,9 @@ class CommandChannel:
         self._key = cfg.key.reveal().encode() if cfg.key is not None else None
         state_dir.mkdir(parents=True, exist_ok=True)
         self.replay = ReplayCache(state_dir / "commands.db")
-        self.audit = AuditLog(state_dir / "audit.log")
+        # the agent's one audit log, which the web console writes to as well
+        self._own_audit = audit is None
+        self.audit = audit if audit is not None else AuditLog(state_dir / "audit.log")
         self.stats = CommandStats()
         self._run_rate = TokenBucket(cfg.max_per_second)
         self._answer_rate = TokenBucket(cfg.answers_per_second)
@@ -201,7 +203,8 @@ class CommandChannel:
             task.cancel()
         self._audit_unrecorded()
         self.replay.close()
-        self.audit.close()
+        if self._own_audit:
+            self.audit.close()
 
     # -- intake (on the event loop, from the uplink's socket reader: must stay quick) ------------
 
@@ -282,33 +285,15 @@ class CommandChannel:
     async def _execute(self, name: str, request: dict[str, Any]) -> None:
         self.stats.executed += 1
         request_id = request["id"]
-        self.audit.write({"event": "execute", "command": name, "id": request_id, "args": request["args"]})
-        try:
-            result = await asyncio.wait_for(
-                self.handlers[name](RequestContext(request_id, self.site, self.cfg), request["args"]),
-                self.cfg.timeout)
-        except Refused as refusal:
-            self.stats.failed += 1
-            self.answer(request_id, False, {"code": refusal.code, "message": str(refusal)})
-            self.audit.write({"event": "failed", "command": name, "id": request_id, "code": refusal.code,
-                              "message": str(refusal)})
-        except asyncio.TimeoutError:
-            self.stats.failed += 1
-            message = f"no outcome within {self.cfg.timeout:g}s"
-            self.answer(request_id, False, {"code": "timeout", "message": message})
-            self.audit.write({"event": "failed", "command": name, "id": request_id, "code": "timeout"})
-        except Exception as exc:   # noqa: BLE001 - a handler bug is answered, never crashes the agent
-            log.exception("command %s %s failed", name, request_id)
-            self.stats.failed += 1
-            self.answer(request_id, False, {"code": "internal", "message": f"{exc.__class__.__name__}: {exc}"})
-            self.audit.write({"event": "failed", "command": name, "id": request_id, "code": "internal"})
-        else:
-            if result is DEFERRED:
-                self.audit.write({"event": "deferred", "command": name, "id": request_id})
-                return
+        ok, value = await execute(self.handlers[name], RequestContext(request_id, self.site, self.cfg),
+                                  name, request["args"], self.audit, self.cfg.timeout)
+        if value is DEFERRED:
+            return
+        if ok:
             self.stats.succeeded += 1
-            self.answer(request_id, True, result)
-            self.audit.write({"event": "done", "command": name, "id": request_id})
+        else:
+            self.stats.failed += 1
+        self.answer(request_id, ok, value)
 
     def _refuse(self, name: str, request_id: str | None, payload: bytes, refusal: Refused) -> None:
         """Count a refusal; answer, audit and log it one by one up to ``answers_per_second``. A flood
@@ -344,6 +329,31 @@ class CommandChannel:
         body: dict[str, Any] = {"id": request_id, "ok": ok}
         body["result" if ok else "error"] = value
         self.site.publish_result(request_id, body)
+
+
+async def execute(handler: CommandHandler, ctx: RequestContext, name: str, args: dict[str, Any], audit: AuditLog,
+                  timeout: float, *, by: str | None = None) -> tuple[bool, Any]:
+    """Run one command that passed its checks, audited: ``(True, result)``, ``(True, DEFERRED)``
+    for one answered later (config.apply), or ``(False, {"code", "message"})``. The centre's
+    requests and the web console's actions (``by``: who, e.g. ``web:tech``) both come through here."""
+    request_id = ctx.request_id
+    who = {"by": by} if by is not None else {}
+    audit.write({"event": "execute", "command": name, "id": request_id, "args": args, **who})
+    try:
+        result = await asyncio.wait_for(handler(ctx, args), timeout)
+    except Refused as refusal:
+        audit.write({"event": "failed", "command": name, "id": request_id, "code": refusal.code,
+                     "message": str(refusal), **who})
+        return False, {"code": refusal.code, "message": str(refusal)}
+    except asyncio.TimeoutError:
+        audit.write({"event": "failed", "command": name, "id": request_id, "code": "timeout", **who})
+        return False, {"code": "timeout", "message": f"no outcome within {timeout:g}s"}
+    except Exception as exc:   # noqa: BLE001 - a handler bug is answered, never crashes the agent
+        log.exception("command %s %s failed", name, request_id)
+        audit.write({"event": "failed", "command": name, "id": request_id, "code": "internal", **who})
+        return False, {"code": "internal", "message": f"{exc.__class__.__name__}: {exc}"}
+    audit.write({"event": "deferred" if result is DEFERRED else "done", "command": name, "id": request_id, **who})
+    return True, result
 
 
 def _id_of(payload: bytes) -> str | None:

@@ -19,6 +19,7 @@ from agent.core.config import (
     validate_yaml_file,
 )
 from agent.core.units import Duration, Size
+from agent.web.config import Web
 
 
 class Tls(Strict):
@@ -122,6 +123,7 @@ class _AgentConfigBase(Strict):
     agent: AgentSection = AgentSection()
     devices: list[DeviceConfig] = []
     commands: Commands = Commands()
+    web: Web | None = None   # the technician's console (agent/web); absent: nothing listens
 
     @model_validator(mode="before")
     @classmethod

@@ -14,7 +14,7 @@ The steps survive a restart of the agent because they are written down in
 
 Some keys are not the centre's to change, because a command could then hide its own traces or
 lock the centre out for good: the gateway id, the buffer path, the state directory (audit log,
-replay cache) and the ``commands`` section. Those change on site, by a technician.
+replay cache), the ``commands`` section and the ``web`` console's (its accounts). Those change on site, by a technician.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def _locked_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
         changed.append("agent.state_dir")
     if old.commands != new.commands:
         changed.append("commands")
+    if old.web != new.web:   # the console's accounts: a command must not add one for itself
+        changed.append("web")
     return changed
 
 
@@ -122,6 +124,11 @@ def roll_back(config_path: Path | None, state_dir: Path, marker: dict[str, Any],
             os.replace(previous, config_path)
     _write_marker(state_dir, {**marker, "state": "rolled_back", "reason": reason})
     log.error("config.apply %s rolled back: %s", marker["id"], reason)
+
+
+def in_progress(state_dir: Path) -> dict[str, Any] | None:
+    """The marker of an apply not yet answered (applying, or rolled back and not yet reported)."""
+    return _read_marker(state_dir)
 
 
 def pending(state_dir: Path) -> dict[str, Any] | None:

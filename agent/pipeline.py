@@ -79,6 +79,8 @@ class DevicePipeline:
         self._flush_soon = False
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._warn = Throttle()
+        # told of every event with its evidence files (the web console keeps the latest few)
+        self.on_event: Callable[[dict[str, Any], list[EvidenceFile]], None] | None = None
 
     def add_device(self, device: DeviceConfig, info: DeviceInfo) -> None:
         self.infos[device.id] = info
@@ -136,7 +138,7 @@ class DevicePipeline:
                 entry["chunks"] = chunks
             listed.append(entry)
             parts.append((file, chunks))
-        event_id = self.event(device_id, event, evidence=listed)
+        event_id = self.event(device_id, event, evidence=listed, files=files)
         for file, chunks in parts:
             if chunks == 1:
                 self.outbox.put_raw(Priority.BULK, self.topic(f"evidence/{event_id}/{file.name}"), file.data)
@@ -146,7 +148,8 @@ class DevicePipeline:
                                     file.data[i * limit:(i + 1) * limit])
         return event_id
 
-    def event(self, device_id: str, event: Event, evidence: list[dict[str, Any]] | None = None) -> str:
+    def event(self, device_id: str, event: Event, evidence: list[dict[str, Any]] | None = None,
+              files: list[EvidenceFile] | None = None) -> str:
         priority = SEVERITY_PRIORITY[event.severity]
         event_id = f"{self.gateway_id[:40]}-{self.outbox.allocate_seq()}"
         body: dict[str, Any] = {"id": event_id, "device": device_id, "type": event.type,
@@ -167,6 +170,11 @@ class DevicePipeline:
         self.recent_events.append({"ts": now_ms(), "device": device_id, "type": event.type,
                                    "severity": event.severity})
         log.info("event %s %s on %s", event.severity, event.type, device_id)
+        if self.on_event is not None:
+            try:
+                self.on_event(body, files or [])
+            except Exception:   # noqa: BLE001 - a watcher's bug must not lose the event (it is queued)
+                log.exception("event watcher failed on %s", event_id)
         if priority == Priority.LIFE_SAFETY:
             # a fire alarm does not wait for the next group commit, and the caller must know
             # whether it is on disk: a bridge confirms the device's frame only then, so a panel

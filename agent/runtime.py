@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent import config_apply
 from agent.app import Agent
@@ -30,9 +32,27 @@ def load(path: Path) -> AgentConfig | None:
 
 
 async def run_agent(config: AgentConfig, live: bool, stop_after: float | None = None,
-                    config_path: Path | None = None) -> None:
+                    config_path: Path | None = None, on_console: Callable[[str], None] | None = None) -> None:
     """Run the agent; start it again on the config file when config.apply asks for a restart,
-    and go back to the previous file when the new one cannot even start."""
+    and go back to the previous file when the new one cannot even start. With a ``web:``
+    section, the console listens the whole time, across those restarts (``on_console`` is told
+    its address)."""
+    console = None
+    if config.web is not None:
+        from agent.web.server import WebConsole
+        console = WebConsole(config.web)
+        address = await console.start()
+        if on_console is not None:
+            on_console(address)
+    try:
+        await _run_agents(config, live, stop_after, config_path, console)
+    finally:
+        if console is not None:
+            await console.stop()
+
+
+async def _run_agents(config: AgentConfig, live: bool, stop_after: float | None, config_path: Path | None,
+                      console: Any) -> None:
     while True:
         try:
             agent = Agent(config, config_path)
@@ -48,7 +68,13 @@ async def run_agent(config: AgentConfig, live: bool, stop_after: float | None = 
             continue
         if stop_after is not None:
             asyncio.get_running_loop().call_later(stop_after, agent.request_stop)
-        await (_with_live_view(agent) if live else agent.run())
+        if console is not None:
+            console.attach(agent)
+        try:
+            await (_with_live_view(agent) if live else agent.run())
+        finally:
+            if console is not None:
+                console.detach()
         if not agent.restart_requested or config_path is None:
             return
         reloaded = load(config_path)

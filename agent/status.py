@@ -97,9 +97,10 @@ def snapshot(agent: StatusSource) -> dict[str, Any]:
     }
 
 
-def metrics(agent: StatusSource) -> dict[str, Any]:
+def metrics(agent: StatusSource, *, health: bool = True) -> dict[str, Any]:
     """The body of a metrics message: the gateway's health, the snapshot's main figures, and the
-    blocks each family adds from its devices' figures (the cameras' ``inference``)."""
+    blocks each family adds from its devices' figures (the cameras' ``inference``). ``health=False``
+    leaves out cpu, memory and disk (a sample resets the CPU window the metrics topic reports)."""
     snap = snapshot(agent)
     extra = {"commands": snap["commands"]} if "commands" in snap else {}
     for name, driver in agent.drivers.items():
@@ -107,7 +108,7 @@ def metrics(agent: StatusSource) -> dict[str, Any]:
         extra.update(driver.metrics(stats))
     return {
         **extra,
-        **agent.health.sample(),
+        **(agent.health.sample() if health else {}),
         "buffer": {k: snap["buffer"][k] for k in ("depth", "bytes", "oldest_age_s", "evictions", "write_errors")},
         "uplink": {k: snap["uplink"][k] for k in ("state", "connects", "published", "acked", "rejected")},
         "devices": {d: {"online": bool(s["online"]), "errors": s["errors"], "last_read_ms": s["last_read_ms"],

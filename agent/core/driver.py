@@ -88,6 +88,56 @@ class HoldsForCentre(ABC):
         ``commands.centre_silence``."""
 
 
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """What a device sees now (a camera's newest frame), for the console."""
+
+    jpeg: bytes
+    width: int          # pixels of the device's own frame: the coordinates its config uses
+    height: int
+    t_ms: int           # when the frame was taken
+
+
+class ShowsPicture(ABC):
+    """A runner whose devices have a picture (a camera). The web console shows it, refreshing,
+    with the figures of the device's config (:meth:`Driver.shapes`) drawn over it."""
+
+    @abstractmethod
+    def picture(self, device_id: str, quality: int = 80) -> Picture | None:
+        """The newest frame, or None before the first. Blocking (it encodes a JPEG): the caller
+        runs it in a worker thread."""
+
+
+Path_ = tuple["str | int", ...]   # a key path inside one device's config entry: ("rules", 2, "zone")
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A figure of a device's config drawn on its picture: a stop line, a zone, a lane, an area
+    to ignore. The console moves its points and writes them back at ``path``; deleting it
+    removes the entry at ``remove`` (the whole rule, or the one area)."""
+
+    path: Path_
+    kind: str                        # line (2 points), arrow (tail, head), polygon (3+), path (2+, in order)
+    label: str
+    points: tuple[tuple[float, float], ...]
+    remove: Path_
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeKind:
+    """A figure the console can add to a device's config: the technician draws ``kind`` on the
+    picture, and a copy of ``template`` is appended to the list at ``into`` with the points at
+    ``field`` (or, with ``field`` None, the points themselves are the new list item)."""
+
+    key: str
+    label: str
+    kind: str
+    into: Path_
+    template: "Mapping[str, Any] | None" = None
+    field: str | None = None
+
+
 class Driver(ABC):
     """A device family: one module or package in ``drivers/`` or ``firmware_bridges/`` (or any
     importable module, named by its dotted path) that defines ``DRIVER``, an instance of a subclass.
@@ -147,6 +197,15 @@ class Driver(ABC):
         -> ``Runner.stats()`` entry): e.g. ``{"inference": {...}}``. Keys must not collide with
         the agent's own blocks."""
         return {}
+
+    def shapes(self, entry: "Mapping[str, Any]") -> list[Shape]:
+        """The figures of one device's config entry (as read from the YAML, not yet validated)
+        that the console draws on its picture and lets a technician move (see :class:`Shape`)."""
+        return []
+
+    def shape_kinds(self) -> list[ShapeKind]:
+        """The figures a technician may add to one of this family's devices in the console."""
+        return []
 
     def add_cli(self, subcommands: "argparse._SubParsersAction",
                 load_devices: "Callable[[Path], list[DeviceConfig] | None]", default_config: "Path") -> None:

@@ -11,6 +11,7 @@ Modules, one job each:
 - :mod:`.evidence`  stills, crop, plate OCR (RapidOCR), clip, face blurring
 - :mod:`.runner`    the asyncio side: results to the sink, signal state from the agent, watchdog
 - :mod:`.tools`     `edge-agent snapshot` / `edge-agent detect`
+- :mod:`.drawing`   its figures (lines, zones, lanes, ignore areas) for the web console's rule editor
 
 See README.md beside this file for technicians.
 """
@@ -69,6 +70,14 @@ class CameraDriver(Driver):
     def metrics(self, stats: Any) -> dict[str, Any]:
         from drivers.camera.commands import inference
         return inference(stats)
+
+    def shapes(self, entry: Any) -> list[Any]:
+        from drivers.camera.drawing import shapes
+        return shapes(entry)
+
+    def shape_kinds(self) -> list[Any]:
+        from drivers.camera.drawing import KINDS
+        return list(KINDS)
 
     def add_cli(self, subcommands: Any, load_devices: Any, default_config: Any) -> None:
         from drivers.camera.commands import add_cli

@@ -99,3 +99,28 @@ class Path:
             if distance < best[0]:
                 best = (distance, self.starts[i] + u * math.sqrt(length2))
         return best[1], best[0]
+
+
+def _cross(o: Pt, a: Pt, b: Pt) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def _segments_cross(p1: Pt, p2: Pt, q1: Pt, q2: Pt) -> bool:
+    """Whether two segments properly cross (touching at an end does not count)."""
+    d1, d2 = _cross(q1, q2, p1), _cross(q1, q2, p2)
+    d3, d4 = _cross(p1, p2, q1), _cross(p1, p2, q2)
+    return (d1 > 0) != (d2 > 0) and (d3 > 0) != (d4 > 0) and d1 != 0 and d2 != 0 and d3 != 0 and d4 != 0
+
+
+def crossing_edges(polygon: tuple[Pt, ...]) -> tuple[int, int] | None:
+    """The first two edges of a polygon that cross each other (a zone drawn as a bow tie, whose
+    inside is not what it looks like), as the indices of their first points; None for a simple one."""
+    n = len(polygon)
+    edges = [(polygon[i], polygon[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:
+                continue   # neighbours through the closing edge
+            if _segments_cross(*edges[i], *edges[j]):
+                return (i, j)
+    return None

@@ -29,6 +29,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 from agent.core.backoff import Backoff
 from agent.core.config import Secret, Strict
 from agent.core.units import Duration
+from drivers.camera.geometry import crossing_edges
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 VEHICLES = ("car", "bus", "truck")
@@ -65,6 +66,13 @@ def _polygon(value: Any) -> tuple[Pt, ...]:
         raise ValueError("expected a polygon of at least three points [[x, y], ...] in pixels")
     points = tuple(_point(v) for v in value)
     area = 0.5 * abs(sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(points, points[1:] + points[:1])))
+    if len(points) > 256:
+        raise ValueError("a polygon of more than 256 points: draw it with fewer")
+    crossing = crossing_edges(points)
+    if crossing is not None:
+        i, j = crossing
+        raise ValueError(f"the polygon's edges cross (edge from point {i} and edge from point {j}): "
+                         "its inside is not what it looks like; order the points around its outline")
     if area < 4:
         raise ValueError("the polygon has no area (its points are on one line)")
     return points

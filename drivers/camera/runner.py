@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from agent.core.clock import SYSTEM, Clock
 from agent.core.model import Event, EvidenceFile, Reading, now_ms
 from agent.core.stats import percentile
-from agent.core.driver import Runner
+from agent.core.driver import Picture, Runner, ShowsPicture
 from drivers.camera.options import Options
 from drivers.camera.pipeline import Pipeline
 from drivers.camera.reader import Reader, display_url
@@ -46,7 +46,7 @@ def default_detector_factory(options: Options) -> Callable[[], Any]:
     return make
 
 
-class CameraRunner(Runner):
+class CameraRunner(Runner, ShowsPicture):
     def __init__(self, device: "DeviceConfig", options: Options, sink: "DeviceSink",
                  detector_factory: Callable[[], Any] | None = None, *, clock: Clock = SYSTEM):
         self.device_id = device.id
@@ -252,6 +252,16 @@ class CameraRunner(Runner):
             return None
         image = draw_rules(frame.image, self.options) if overlay else frame.image
         return jpeg(image, quality)
+
+    def picture(self, device_id: str, quality: int = 80) -> Picture | None:
+        """The newest frame without overlay (the console draws the rules itself, movable)."""
+        from drivers.camera.evidence import jpeg
+        reader = self.reader
+        frame = reader.latest() if reader is not None else None
+        if frame is None:
+            return None
+        height, width = frame.image.shape[:2]
+        return Picture(jpeg(frame.image, quality), width, height, int(frame.t * 1000))
 
 
 class _Heartbeat:

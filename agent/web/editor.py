@@ -1,0 +1,236 @@
+"""The rule editor: figures a technician drew on a device's picture, turned into a change of the
+config file, shown as a diff, checked as ``check-config`` checks, and applied through
+``config.apply``.
+
+The browser sends the edits as a list of operations on the file as it is (stateless: each
+preview replays them all):
+
+- ``{"op": "move", "path": [...], "points": [[x, y], ...]}``: new points for a figure the
+  family's Driver lists (:meth:`agent.core.driver.Driver.shapes`) at that path;
+- ``{"op": "add", "kind": KEY, "points": [...]}``: a new figure of a kind the Driver offers
+  (:meth:`~agent.core.driver.Driver.shape_kinds`);
+- ``{"op": "remove", "path": [...]}``: the rule or area a listed figure belongs to.
+
+Nothing else in the file can be reached this way: a path is accepted only if it is one the
+Driver lists for the device at that moment. Points must lie inside the picture's frame (the
+one check the config cannot make: it does not know the camera's resolution). The file is
+edited with ruamel.yaml, which keeps its comments, order and layout, so the diff shows the
+figures that changed and nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import io
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from agent.core.config import ConfigError
+from agent.core.driver import Driver, Shape
+
+MAX_OPS = 200
+MAX_POINTS = 64
+MAX_FILE = 1 * 2**20
+
+Coord = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
+Point = tuple[Coord, Coord]
+Key = Union[Annotated[str, Field(max_length=64)], Annotated[int, Field(ge=0, le=10_000)]]
+
+
+class _Op(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Move(_Op):
+    op: Literal["move"]
+    path: list[Key] = Field(max_length=8)
+    points: list[Point] = Field(min_length=2, max_length=MAX_POINTS)
+
+
+class Add(_Op):
+    op: Literal["add"]
+    kind: str = Field(max_length=64)
+    points: list[Point] = Field(min_length=2, max_length=MAX_POINTS)
+
+
+class Remove(_Op):
+    op: Literal["remove"]
+    path: list[Key] = Field(max_length=8)
+
+
+Op = Annotated[Union[Move, Add, Remove], Field(discriminator="op")]
+
+
+class Edit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base: str | None = Field(default=None, max_length=64)   # sha256 of the file the edits were drawn on
+    ops: list[Op] = Field(default_factory=list, max_length=MAX_OPS)
+
+
+class Refusal(Exception):
+    """An edit refused, with a message for the technician."""
+
+
+_MINIMUM = {"line": 2, "arrow": 2, "path": 2, "polygon": 3}
+
+
+def _yaml() -> YAML:
+    y = YAML()   # round trip: comments, key order and flow styles kept
+    y.preserve_quotes = True
+    y.width = 4096
+    return y
+
+
+def _detect_indent(text: str) -> tuple[int, int]:
+    """(sequence indent, offset) as the file writes ``- `` items: ``  - id:`` under a key is (4, 2)."""
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        if stripped.startswith("- ") and line[:1] == " ":
+            offset = len(line) - len(stripped)
+            return offset + 2, offset
+    return 2, 0
+
+
+def _flow(points: list[tuple[float, float]]) -> CommentedSeq:
+    def number(v: float) -> float | int:
+        r = round(v, 1)
+        return int(r) if r == int(r) else r
+    outer = CommentedSeq()
+    for x, y in points:
+        inner = CommentedSeq([number(x), number(y)])
+        inner.fa.set_flow_style()
+        outer.append(inner)
+    outer.fa.set_flow_style()
+    return outer
+
+
+def _get(node: Any, path: list[Any]) -> Any:
+    for key in path:
+        node = node[key]
+    return node
+
+
+class Document:
+    """The config file being edited, and one device's entry in it."""
+
+    def __init__(self, text: str, device_id: str, section: str):
+        if len(text) > MAX_FILE:
+            raise Refusal("the config file is too large to edit here")
+        self.text = text
+        self.sha256 = hashlib.sha256(text.encode()).hexdigest()
+        self.yaml = _yaml()
+        sequence, offset = _detect_indent(text)
+        self.yaml.indent(mapping=2, sequence=sequence, offset=offset)
+        self.root = self.yaml.load(text)
+        entries = self.root.get(section) if isinstance(self.root, Mapping) else None
+        matches = [e for e in entries or [] if isinstance(e, Mapping) and e.get("id") == device_id]
+        if not matches:
+            raise Refusal(f"{device_id} is not in the {section!r} section of the config file")
+        self.entry = matches[0]
+
+    def dump(self) -> str:
+        out = io.StringIO()
+        self.yaml.dump(self.root, out)
+        return out.getvalue()
+
+
+def apply_ops(doc: Document, driver: Driver, edit: Edit, frame: tuple[int, int] | None) -> list[Shape]:
+    """Apply the edits to ``doc`` in order; returns the figures afterwards. Raises Refusal."""
+    if edit.base is not None and edit.base != doc.sha256:
+        raise Refusal("the config file changed since this picture's rules were loaded: reload the page "
+                      "and draw the change again")
+    kinds = {k.key: k for k in driver.shape_kinds()}
+    for number, op in enumerate(edit.ops, 1):
+        shapes = {tuple(s.path): s for s in driver.shapes(doc.entry)}
+        removable = {tuple(s.remove) for s in shapes.values()}
+        if isinstance(op, Move):
+            shape = shapes.get(tuple(op.path))
+            if shape is None:
+                raise Refusal(f"edit {number}: there is no figure at {'.'.join(map(str, op.path))} to move")
+            _check_points(number, shape.kind, op.points, frame, shape.label)
+            parent = _get(doc.entry, list(op.path[:-1]))
+            parent[op.path[-1]] = _flow(list(op.points))
+        elif isinstance(op, Add):
+            kind = kinds.get(op.kind)
+            if kind is None:
+                raise Refusal(f"edit {number}: no figure of kind {op.kind!r} (known: {', '.join(kinds)})")
+            _check_points(number, kind.kind, op.points, frame, kind.label)
+            target: Any = doc.entry
+            for key in kind.into[:-1]:
+                if target.get(key) is None:
+                    target[key] = CommentedMap()
+                target = target[key]
+            if target.get(kind.into[-1]) is None:
+                target[kind.into[-1]] = CommentedSeq()
+            items = target[kind.into[-1]]
+            if kind.field is None:
+                items.append(_flow(list(op.points)))
+            else:
+                item = CommentedMap(copy.deepcopy(dict(kind.template or {})))
+                item[kind.field] = _flow(list(op.points))
+                items.append(item)
+        else:
+            if tuple(op.path) not in removable:
+                raise Refusal(f"edit {number}: there is no rule or area at {'.'.join(map(str, op.path))} to remove")
+            parent = _get(doc.entry, list(op.path[:-1]))
+            del parent[op.path[-1]]
+    return driver.shapes(doc.entry)
+
+
+def _check_points(number: int, kind: str, points: list[tuple[float, float]], frame: tuple[int, int] | None,
+                  label: str) -> None:
+    least = _MINIMUM.get(kind, 2)
+    if len(points) < least:
+        raise Refusal(f"edit {number}: {label} needs at least {least} points")
+    if kind in ("line", "arrow") and len(points) != 2:
+        raise Refusal(f"edit {number}: {label} is drawn with exactly two points")
+    if frame is None:
+        raise Refusal("the camera has no picture yet: figures are placed on its frame (is the stream up?)")
+    width, height = frame
+    for x, y in points:
+        if not (0 <= x <= width and 0 <= y <= height) or not (math.isfinite(x) and math.isfinite(y)):
+            raise Refusal(f"edit {number}: {label} has a point at ({x:g}, {y:g}), outside the {width}x{height} "
+                          "frame")
+
+
+def diff(before: str, after: str, name: str) -> str:
+    return "".join(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                        f"{name} (now)", f"{name} (edited)", n=2))
+
+
+def check(text: str, config_path: Path) -> list[str]:
+    """The problems ``edge-agent check-config`` would name in ``text`` as the file at ``config_path``
+    (it is written beside it, so relative profile and model paths resolve the same). Blocking
+    (50-150 ms): a worker thread."""
+    from agent.config import load_config, unreadable_files
+    fd, name = tempfile.mkstemp(prefix=f".{config_path.name}.", suffix=".check", dir=config_path.parent)
+    candidate = Path(name)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        try:
+            config = load_config(candidate)
+        except ConfigError as exc:
+            return [p.replace(str(candidate), config_path.name) for p in exc.problems]
+        return [p.replace(str(candidate), config_path.name) for p in unreadable_files(config, candidate)]
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
+def parse_edit(body: Any) -> Edit:
+    try:
+        return Edit.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Refusal(f"the edit is malformed at {where or 'the top'}: {first['msg']}") from None
