@@ -124,7 +124,7 @@ class Manifest(Strict):
 
     @property
     def needs_nms(self) -> bool:
-        return self.format in ("yolov5", "yolov8", "yolox")
+        return self.format in ("yolov5", "yolov8", "yolox", "nanodet")
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
