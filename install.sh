@@ -39,6 +39,9 @@ command -v openssl >/dev/null || missing+=(openssl)   # TLS material for the tes
 [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 # The test suite also runs the signal-controller client against an SNMP agent nobody here wrote.
 [ "$dev" -eq 1 ] && [ ! -x /usr/sbin/snmpd ] && missing+=(snmpd)
+# ...and the real detector against real footage: Debian's OpenCV sample data (vtest.avi: people on
+# a campus road), test data only: the agent never reads it.
+[ "$dev" -eq 1 ] && [ ! -e /usr/share/doc/opencv-doc/examples/data/vtest.avi ] && missing+=(opencv-doc)
 # The Debian package is built on Debian's Python 3.11 (--systemd, and the package tests)...
 if [ "$dev" -eq 1 ] || [ "$systemd" -eq 1 ]; then
   /usr/bin/python3.11 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3.11 python3.11-venv)

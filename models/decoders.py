@@ -13,6 +13,14 @@ runtime's job. ``C`` is the number of labels in the manifest.
 | nx6     | ``(1, N, 6)`` or ``(N, 6)`` | x1, y1, x2, y2 (input px), score, class id: end-to-end, NMS done in the model |
 | rtdetr  | ``labels (1, N)``, ``boxes (1, N, 4)``, ``scores (1, N)`` | boxes x1, y1, x2, y2 in input px (the runtime feeds ``orig_target_sizes`` = input size when the model asks for it) |
 | rtdetr  | ``(1, N, 4+C)`` | cx, cy, w, h normalised to 0..1, C class scores (Ultralytics RT-DETR export) |
+| nanodet | per stride s: ``(1, n_s, C)`` and ``(1, n_s, 4 (R+1))``, n_s = (H/s)(W/s) | NanoDet's GFL head: class scores (sigmoided) and, per side, a distribution over 0..R cells (softmax; its mean times the stride is the distance from the cell centre to the left, top, right, bottom edge), cells row-major |
+
+For nanodet the outputs are matched to the strides by their shapes (in any order and with any
+names); cell centres are at (col + 0.5, row + 0.5) * stride, as NanoDet's original GFL head has them.
+
+``DecoderConfig.classes``, where set, limits the candidates to those class ids (a COCO model
+whose class map keeps 6 of its 80 labels): a box is scored by its best class among them, so a
+van that is a little more "train" than "truck" is still a truck.
 
 For rtdetr the manifest's ``box_format`` (xyxy | cxcywh) and ``normalized`` override the defaults.
 """
@@ -40,12 +48,14 @@ class DecoderConfig:
     strides: tuple[int, ...] = (8, 16, 32)
     box_format: str | None = None
     normalized: bool | None = None
+    classes: tuple[int, ...] | None = None   # only these class ids are candidates (None: all)
 
     @classmethod
     def from_manifest(cls, m: Manifest) -> "DecoderConfig":
+        classes = tuple(m.labels.index(label) for label in m.class_map) if m.class_map else None
         return cls(format=m.format, num_classes=len(m.labels), input_w=m.input.width, input_h=m.input.height,
                    score_threshold=m.score_threshold, strides=tuple(m.strides), box_format=m.box_format,
-                   normalized=m.normalized)
+                   normalized=m.normalized, classes=classes)
 
 
 @dataclass
@@ -254,6 +264,68 @@ def decode_rtdetr(outputs: Sequence[np.ndarray], cfg: DecoderConfig, names: Sequ
     return Decoded(boxes.astype(np.float32), scores, ids)
 
 
+# -- NanoDet (GFL head, one class and one box-distribution output per stride) --
+
+def _nanodet_roles(shapes: Sequence[Shape], cfg: DecoderConfig) -> list[tuple[int, int]] | None:
+    """For each stride, the index of its class-score output and of its box-distribution output."""
+    c = cfg.num_classes
+    roles = []
+    for s in cfg.strides:
+        n = (cfg.input_h // s) * (cfg.input_w // s)
+        cls = [i for i, sh in enumerate(shapes) if _dims_match(sh, (1, n, c))]
+        reg = [i for i, sh in enumerate(shapes) if len(sh) == 3 and _dims_match(sh, (1, n, None))
+               and isinstance(sh[2], int) and sh[2] != c and sh[2] % 4 == 0 and sh[2] >= 8]
+        if len(cls) != 1 or len(reg) != 1:
+            return None
+        roles.append((cls[0], reg[0]))
+    return roles
+
+
+def check_nanodet(shapes: Sequence[Shape], names: Sequence[str], cfg: DecoderConfig) -> None:
+    if len(shapes) == 2 * len(cfg.strides) and _nanodet_roles(shapes, cfg) is not None:
+        return
+    c = cfg.num_classes
+    want = ", ".join(f"(1, {(cfg.input_h // s) * (cfg.input_w // s)}, {c}) and (1, "
+                     f"{(cfg.input_h // s) * (cfg.input_w // s)}, 4(R+1))" for s in cfg.strides)
+    raise ModelError(f"format nanodet with {c} labels, input {cfg.input_w}x{cfg.input_h} and strides "
+                     f"{list(cfg.strides)} expects {2 * len(cfg.strides)} outputs, a class-score and a box-"
+                     f"distribution one per stride: {want}; the model gives "
+                     f"{', '.join(_fmt(s) for s in shapes) or 'no output'}")
+
+
+@lru_cache(maxsize=16)
+def _nanodet_centres(width: int, height: int, strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    grid, stride = yolox_grids(width, height, strides)
+    return (grid + 0.5) * stride, stride
+
+
+def decode_nanodet(outputs: Sequence[np.ndarray], cfg: DecoderConfig, names: Sequence[str] = ()) -> Decoded:
+    roles = _nanodet_roles([o.shape for o in outputs], cfg)
+    if roles is None:
+        check_nanodet([o.shape for o in outputs], names, cfg)
+    assert roles is not None
+    cls_all = np.concatenate([outputs[c][0] for c, _ in roles])            # (N, C)
+    cols = np.asarray(cfg.classes, np.int64) if cfg.classes is not None else None
+    scored = cls_all[:, cols] if cols is not None else cls_all
+    best = scored.max(axis=1)
+    keep = np.flatnonzero(best > cfg.score_threshold)
+    if not keep.size:
+        return Decoded.empty()
+    picked = scored[keep].argmax(axis=1)
+    ids = cols[picked] if cols is not None else picked
+    scores = best[keep]
+    # the box distributions of the kept cells only (a few dozen of several thousand)
+    reg = np.concatenate([outputs[r][0] for _, r in roles])[keep]          # (K, 4 (R+1))
+    bins = reg.shape[1] // 4
+    reg = reg.reshape(-1, 4, bins)
+    reg = np.exp(reg - reg.max(axis=2, keepdims=True))
+    dist = (reg / reg.sum(axis=2, keepdims=True)) @ np.arange(bins, dtype=np.float32)   # (K, 4) in cells
+    centre, stride = _nanodet_centres(cfg.input_w, cfg.input_h, tuple(cfg.strides))
+    c, st = centre[keep], stride[keep]
+    boxes = np.concatenate([c - dist[:, :2] * st, c + dist[:, 2:] * st], axis=1)
+    return Decoded(boxes.astype(np.float32), scores.astype(np.float32), ids.astype(np.int64))
+
+
 Checker = Callable[[Sequence[Shape], Sequence[str], DecoderConfig], None]
 DecodeFn = Callable[[Sequence[np.ndarray], DecoderConfig, Sequence[str]], Decoded]
 
@@ -263,6 +335,7 @@ DECODERS: dict[str, tuple[Checker, DecodeFn]] = {
     "yolox": (check_yolox, decode_yolox),
     "nx6": (check_nx6, decode_nx6),
     "rtdetr": (check_rtdetr, decode_rtdetr),
+    "nanodet": (check_nanodet, decode_nanodet),
 }
 
 

@@ -6,12 +6,14 @@ file: vehicles.onnx                 # relative to this manifest
 sha256: 3f0c...                     # of the file; checked before the model is opened
 input: {width: 320, height: 320}    # letterbox target; rgb, scale, mean, std, pad_value optional
 labels: [car, bus, truck]
-format: yolov8                      # yolov5 | yolov8 | yolox | nx6 | rtdetr
+format: yolov8                      # yolov5 | yolov8 | yolox | nx6 | rtdetr | nanodet
 score_threshold: 0.35
 class_thresholds: {person: 0.5}     # optional: a label's own threshold
+class_map: {motorcycle: motorcycle}  # optional: model label -> the rules' label; only these are reported
 nms_iou: 0.5
 licence: Apache-2.0
 trained_on: synthetic junction scenes from tests/hardware_sim/junction.py
+source: {package: ..., version: ...} # optional, free-form: where the weights came from
 accuracy: {map50: 0.91, ...}        # free-form figures, recorded by whoever trained it
 ```
 
@@ -30,8 +32,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from agent.core.config import Strict
 
-FORMATS = ("yolov5", "yolov8", "yolox", "nx6", "rtdetr")
-Format = Literal["yolov5", "yolov8", "yolox", "nx6", "rtdetr"]
+FORMATS = ("yolov5", "yolov8", "yolox", "nx6", "rtdetr", "nanodet")
+Format = Literal["yolov5", "yolov8", "yolox", "nx6", "rtdetr", "nanodet"]
+# the labels the camera's rules know (a class map puts a model's own labels onto these)
+ROAD_USERS = ("car", "bus", "truck", "motorcycle", "bicycle", "person")
 
 
 class ModelError(Exception):
@@ -59,6 +63,9 @@ class Manifest(Strict):
     # a class's own threshold, where the rules after the detector want another balance (e.g. a
     # person missed costs more than a person imagined, which the zone rules filter out)
     class_thresholds: dict[str, float] = Field(default_factory=dict)
+    # model label -> the rules' label (a COCO model's 80 labels onto car, bus, truck ...): where
+    # set, the detector reports only the labels it names, under their new names
+    class_map: dict[str, str] = Field(default_factory=dict)
     nms_iou: float = Field(default=0.45, gt=0.0, le=1.0)
     max_detections: int = Field(default=300, gt=0)
     class_agnostic_nms: bool = False
@@ -68,6 +75,7 @@ class Manifest(Strict):
     normalized: bool | None = None
     licence: str
     trained_on: str
+    source: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None
     notes: str | None = None
 
@@ -91,11 +99,21 @@ class Manifest(Strict):
         return self
 
     @model_validator(mode="after")
+    def _class_map(self) -> "Manifest":
+        for label, to in self.class_map.items():
+            if label not in self.labels:
+                raise ValueError(f"class_map: {label!r} is not one of the model's labels; expected one of "
+                                 f"{reprlib.repr(self.labels)}")
+            if to not in ROAD_USERS:
+                raise ValueError(f"class_map: {label!r} -> {to!r}: expected one of the rules' labels {list(ROAD_USERS)}")
+        return self
+
+    @model_validator(mode="after")
     def _strides(self) -> "Manifest":
-        if self.format == "yolox":
+        if self.format in ("yolox", "nanodet"):
             for s in self.strides:
                 if s <= 0 or self.input.width % s or self.input.height % s:
-                    raise ValueError(f"yolox stride {s} must divide the input size "
+                    raise ValueError(f"{self.format} stride {s} must divide the input size "
                                      f"{self.input.width}x{self.input.height}")
         return self
 
@@ -106,7 +124,7 @@ class Manifest(Strict):
 
     @property
     def needs_nms(self) -> bool:
-        return self.format in ("yolov5", "yolov8", "yolox")
+        return self.format in ("yolov5", "yolov8", "yolox", "nanodet")
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:

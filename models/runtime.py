@@ -109,13 +109,16 @@ class Detector:
         self.manifest: Manifest = load_manifest(resolve_manifest(manifest_path))
         m = self.manifest
         model_file = verify_file(m)
-        self.labels = list(m.labels)
+        # the labels reported: the model's own, or with a class map the rules' names for those it keeps
+        self.labels = [m.class_map.get(label, label) for label in m.labels]
+        self._reported = (np.array([label in m.class_map for label in m.labels]) if m.class_map else None)
         self.score_threshold = m.score_threshold if score_threshold is None else float(score_threshold)
         # each label's threshold: the manifest's per-class ones, unless the caller set one for all
         self.thresholds = [self.score_threshold if score_threshold is not None
                            else m.class_thresholds.get(label, m.score_threshold) for label in m.labels]
         self.decoder = DecoderConfig.from_manifest(m)
         self.decoder = DecoderConfig(**{**self.decoder.__dict__, "score_threshold": min(self.thresholds)})
+        self._inv_std = (1.0 / np.asarray(m.input.std, np.float32)).reshape(1, 3, 1, 1)
         self._class_floor = np.asarray(self.thresholds, np.float32) if len(set(self.thresholds)) > 1 else None
         try:
             self.session = ort.InferenceSession(str(model_file), session_options(threads, spin),
@@ -190,11 +193,14 @@ class Detector:
             img = canvas[..., ::-1] if spec.rgb else canvas
             img = img if self.channels_last else img.transpose(2, 0, 1)
             return np.ascontiguousarray(img[None])
-        if spec.std == (1.0, 1.0, 1.0) and self.input_dtype == np.float32 and not self.channels_last:
+        if self.input_dtype == np.float32 and not self.channels_last:
             # one C++ pass: (pixel - mean / scale) * scale, channel swap, HWC -> NCHW
-            # (its mean is in the output's channel order, like the manifest's)
+            # (its mean is in the output's channel order, like the manifest's); a std, in place
             mean = tuple(float(m) / spec.scale for m in spec.mean)
-            return cv2.dnn.blobFromImage(canvas, spec.scale, mean=mean, swapRB=spec.rgb)
+            blob = cv2.dnn.blobFromImage(canvas, spec.scale, mean=mean, swapRB=spec.rgb)
+            if spec.std != (1.0, 1.0, 1.0):
+                blob *= self._inv_std
+            return blob
         return self._blob_numpy(canvas)
 
     def _blob_numpy(self, canvas: np.ndarray) -> np.ndarray:
@@ -232,6 +238,13 @@ class Detector:
                 raise ModelError(f"{self.manifest.path}: model {self.manifest.model_path.name}: {exc}") from None
             self._checked_shapes = shapes
         d: Decoded = self._decode(outputs, self.decoder, self.output_names)
+        if len(d) and self._reported is not None:
+            # a class map keeps only the labels it names (the nanodet decoder never proposes the
+            # others; the other formats' decoders do)
+            ids = d.class_ids
+            keep = (ids >= 0) & (ids < len(self._reported))
+            keep[keep] = self._reported[ids[keep]]
+            d = Decoded(d.boxes[keep], d.scores[keep], d.class_ids[keep])
         if len(d) and self._class_floor is not None:
             # each class's own threshold, before NMS: a box under its own must not suppress others
             ids = np.clip(d.class_ids, 0, len(self._class_floor) - 1)

@@ -444,7 +444,7 @@ def test_manifest_errors_name_key_and_expectation(tmp_path):
         load_manifest(bad)
     msg = str(err.value)
     for needle in (f"{bad}: sha256", f"{bad}: input.height: Field required", f"{bad}: format",
-                   "'yolov5', 'yolov8', 'yolox', 'nx6' or 'rtdetr'"):
+                   "'yolov5', 'yolov8', 'yolox', 'nx6', 'rtdetr' or 'nanodet'"):
         assert needle in msg, msg
     with pytest.raises(ModelError, match="cannot read"):
         load_manifest(tmp_path / "missing.yaml")
