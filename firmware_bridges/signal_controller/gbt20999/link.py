@@ -106,6 +106,7 @@ class Gbt20999Link(PollLoop):
         self.saved: tuple[int, int] | None = None   # (run mode, plan) before the hold
         self.held_stage: int | None = None
         self.heartbeat_failures = 0
+        self._transport: asyncio.Task[None] | None = None
 
     @property
     def online(self) -> bool | None:
@@ -230,15 +231,17 @@ class Gbt20999Link(PollLoop):
     # -- running ---------------------------------------------------------------------------------
 
     async def run(self, on_status: StatusCallback, on_state: StateCallback) -> None:
-        transport = asyncio.create_task(self.client.run(), name=f"{self.device_id}:gbt20999")
+        # the transport outlives run(): the runner's close() restores the controller's mode through
+        # it after run() was cancelled, and a restarted run() finds it still there
+        if self._transport is None or self._transport.done():
+            self._transport = asyncio.create_task(self.client.run(), name=f"{self.device_id}:gbt20999")
         beat = asyncio.create_task(self._heartbeats(), name=f"{self.device_id}:heartbeat")
         try:
             await self.client.wait_link(2.0)
             await PollLoop.run(self, on_status, on_state)
         finally:
-            for task in (transport, beat):
-                task.cancel()
-            await asyncio.gather(transport, beat, return_exceptions=True)
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
 
     async def _heartbeats(self) -> None:
         every = self.connection.heartbeat
@@ -253,4 +256,8 @@ class Gbt20999Link(PollLoop):
                 log.debug("%s: heartbeat: %s", self.device_id, exc)
 
     async def close(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.cancel()
+            await asyncio.gather(transport, return_exceptions=True)
         self.client.close()
