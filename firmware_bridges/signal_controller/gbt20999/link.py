@@ -35,7 +35,7 @@ from typing import Any
 
 from agent.core.backoff import Retry
 from agent.core.clock import SYSTEM, Clock
-from firmware_bridges.signal_controller.errors import NoAnswer, Refused
+from firmware_bridges.signal_controller.errors import BadAnswer, NoAnswer, Refused
 from firmware_bridges.signal_controller.gbt20999 import objects as o
 from firmware_bridges.signal_controller.gbt20999.client import FRAMES, Gbt20999Client
 from firmware_bridges.signal_controller.gbt20999.codec import DataValue, Frame
@@ -118,6 +118,10 @@ class Gbt20999Link(PollLoop):
         client = self.client
         wanted = sorted(set(self.phases) | set(self.peds))
         maps = await client.query([o.phase_lamp_groups(p) for p in wanted])
+        for p in wanted:
+            if len(maps[o.phase_lamp_groups(p)]) != 8:
+                raise BadAnswer(f"{self.device_id}: phase {p}'s lamp groups came as "
+                                f"{len(maps[o.phase_lamp_groups(p)])} bytes; GB/T 20999 has an 8-byte bitmap")
         groups_of = {p: o.bitmap(maps[o.phase_lamp_groups(p)]) for p in wanted}
         groups = sorted({g for gs in groups_of.values() for g in gs})
         types = await client.query([o.lamp_group_type(g) for g in groups]) if groups else {}
