@@ -110,6 +110,7 @@ class PriorityConfig(Strict):
     centre_silence: Duration | None = None  # release when heartbeat() has not been called for this long
     reassert: Duration = 2.0              # re-send the request this often while held (controllers time it out)
     release_timeout: Duration = 2.0       # how long close() waits for the release write
+    release_retry: Duration | None = None  # a release that failed is tried again this often (default: reassert)
 
     @model_validator(mode="after")
     def _check(self) -> "PriorityConfig":
@@ -131,6 +132,8 @@ class PriorityConfig(Strict):
             raise ValueError("'preempt' maps phases to preempt numbers (or coil addresses); it is empty")
         if self.reassert < 0.1:
             raise ValueError("reassert must be at least 100ms")
+        if self.release_retry is not None and self.release_retry < 0.1:
+            raise ValueError("release_retry must be at least 100ms")
         return self
 
     @property

@@ -363,7 +363,9 @@ class PriorityManager:
         self._sync_pending()
 
     def _retry_interval(self) -> float:
-        return self.config.reassert if self.config else 2.0
+        if self.config is None:
+            return 2.0
+        return self.config.release_retry if self.config.release_retry is not None else self.config.reassert
 
     def _sync_pending(self) -> None:
         self.stats.pending_release = sorted(self._pending)
