@@ -1,4 +1,4 @@
-"""One runner per signal controller: its link (NTCIP or Modbus I/O), its phase readings, its priority.
+"""One runner per signal controller: its link (NTCIP, Modbus I/O or GB/T 20999), its phase readings, its priority.
 
 Readings are published on every poll (``phase<n>``, ``ped<n>``, ``preempt``, ``preempt_state``); the
 device's report policy decides what is sent (``report: {mode: on_change, max_silence: 10s}`` sends
