@@ -18,7 +18,8 @@ from typing import Any
 
 from bench.fuzz_targets import seeds
 from bench.fuzz_targets.base import Target
-from bench.fuzz_targets.hj212 import check_printable, reads
+from bench.fuzz_targets.hexdecode import HexDecode
+from bench.fuzz_targets.hj212 import reads
 from bench.fuzz_targets.mutate import mutate_bytes, random_bytes
 
 CASE = seeds.REPO / "firmware_bridges" / "signal_controller" / "testcases" / "gbt20999-captured-device-frames"
@@ -88,7 +89,19 @@ def baseline(ids: tuple[int, ...]) -> bytes:
     return b"\x10"
 
 
-class FramerTarget(Target):
+class _Delivered(Target):
+    """Inputs as the transport kit delivers them: one datagram, or reads of an escaped stream."""
+
+    def generate(self, rng: random.Random) -> tuple[str, tuple[bytes, ...]]:
+        if rng.random() < 0.5:
+            return ("datagram", (frame_input(rng),))
+        return ("stream", reads(rng, stream_input(rng), 8192))
+
+    def to_bytes(self, case: tuple[str, tuple[bytes, ...]]) -> bytes:
+        return b"".join(case[1])
+
+
+class FramerTarget(_Delivered):
     """``DatagramFramer`` and ``StreamFramer``: frames and bad frames, never an exception, a buffer
     of at most one (escaped) maximal frame plus the chunk, and every frame re-encodes to itself."""
 
@@ -99,13 +112,6 @@ class FramerTarget(Target):
         from firmware_bridges.signal_controller.gbt20999 import codec
         self.codec = codec
 
-    def generate(self, rng: random.Random) -> tuple[str, tuple[bytes, ...]]:
-        if rng.random() < 0.5:
-            return ("datagram", (frame_input(rng),))
-        return ("stream", reads(rng, stream_input(rng), 8192))
-
-    def to_bytes(self, case: tuple[str, tuple[bytes, ...]]) -> bytes:
-        return b"".join(case[1])
 
     def feed(self, case: tuple[str, tuple[bytes, ...]]) -> None:
         codec = self.codec
@@ -125,7 +131,7 @@ class FramerTarget(Target):
                 self.problem("frame does not re-encode", repr(item)[:200])
 
 
-class ClientTarget(Target):
+class ClientTarget(_Delivered):
     """A controller's bytes into the client's session, as the transport kit hands them over
     (a datagram, or reads of a TCP link), with a query in flight: answers that match or not,
     error replies, traps (alarms become events: the sink checks them), heartbeat queries
@@ -166,13 +172,6 @@ class ClientTarget(Target):
 
         self.link.client.query = query   # the poll's answers come from the input
 
-    def generate(self, rng: random.Random) -> tuple[str, tuple[bytes, ...]]:
-        if rng.random() < 0.5:
-            return ("datagram", (frame_input(rng),))
-        return ("stream", reads(rng, stream_input(rng), 8192))
-
-    def to_bytes(self, case: tuple[str, tuple[bytes, ...]]) -> bytes:
-        return b"".join(case[1])
 
     def feed(self, case: tuple[str, tuple[bytes, ...]]) -> None:
         from bench.fuzz_targets.links import BufferLink
@@ -218,34 +217,11 @@ class ClientTarget(Target):
         self.loop.close()
 
 
-class Decode(Target):
-    """The `edge-agent decode gbt20999 HEX` path: hex as pasted. ValueError only (FrameError is
-    one); the result must print as the CLI prints it."""
+class Decode(HexDecode):
+    """``edge-agent decode gbt20999 HEX`` (:class:`~bench.fuzz_targets.hexdecode.HexDecode`)."""
 
     name = "gbt20999.decode"
-    share = 5
-    allowed = (ValueError,)
-    on_loop = False
+    protocol = "gbt20999"
 
-    def setup(self, workdir: Path) -> None:
-        from agent.core.registry import find_decoder
-        self.decode = find_decoder("gbt20999")
-
-    def generate(self, rng: random.Random) -> str:
-        data = stream_input(rng) if rng.random() < 0.3 else frame_input(rng)
-        sep = rng.choice(("", " ", ":", "-", ", 0x"))
-        text = sep.join(f"{b:02x}" for b in data) if rng.random() < 0.9 else data.decode("latin-1")
-        if rng.random() < 0.1:
-            text = mutate_bytes(rng, text.encode("latin-1")).decode("latin-1")
-        return text
-
-    def to_bytes(self, case: str) -> bytes:
-        return case.encode("utf-8", "surrogateescape")
-
-    def feed(self, case: str) -> None:
-        self.decoded = None
-        self.decoded = self.decode(case)
-
-    def check(self, case: str) -> None:
-        if self.decoded is not None:
-            check_printable(self, self.decoded)
+    def frame_bytes(self, rng: random.Random) -> bytes:
+        return stream_input(rng) if rng.random() < 0.3 else frame_input(rng)

@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from agent.core.backoff import Backoff
 from agent.core.config import Secret, Strict
 from agent.core.units import Duration
+from firmware_bridges.signal_controller.timeouts import AnswerTimeout
 from drivers.modbus.options import Connection as ModbusConnection
 from drivers.modbus.profile import Profile, ProfileNotFound, load_profile, looks_like_path, profile_search_dirs
 from firmware_bridges.signal_controller.gbt20999.options import Gbt20999Connection
@@ -56,7 +57,7 @@ class NtcipConnection(Strict):
     auth_key: Secret | None = None
     priv_protocol: Literal[PRIV_PROTOCOLS] = "none"       # type: ignore[valid-type]
     priv_key: Secret | None = None
-    timeout: Duration = 0.5
+    timeout: AnswerTimeout = 0.5
     retries: int = Field(default=0, ge=0, le=3)   # per poll; the poll loop itself retries next tick
 
     @field_validator("version", mode="before")
@@ -64,13 +65,6 @@ class NtcipConnection(Strict):
     def _version(cls, value: Any) -> Any:
         text = str(value).lower().removeprefix("v")
         return {"2": "2c", "2c": "2c", "3": "3"}.get(text, value)
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: float) -> float:
-        if not 0.05 <= value <= 10:
-            raise ValueError("timeout must be between 50ms and 10s")
-        return value
 
     @model_validator(mode="after")
     def _v3(self) -> "NtcipConnection":

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.hardware_sim.signal_controller import DEFAULT_PLAN, PLANS, Controller, Plan, ThreadedSignalSim
+from tests.hardware_sim.signal_controller import DEFAULT_PLAN, PLANS, Controller, Plan, ThreadedSignalSim, _hostport
 
 RUN_MODES = set(range(0x11, 0x16)) | set(range(0x21, 0x26)) | {0x31, 0x32, 0x33}
 PED_GROUP = 32
@@ -381,11 +381,6 @@ class Gbt20999Sim:
 
     def run_in_thread(self, timeout: float = 10.0) -> ThreadedSignalSim:
         return ThreadedSignalSim(self).start(timeout)   # type: ignore[arg-type]
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", int(port)
 
 
 def main(argv: list[str] | None = None) -> int:
