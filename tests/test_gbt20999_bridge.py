@@ -243,3 +243,41 @@ def test_config_names_the_key_to_fix():
     problems = driver.validate_devices([DeviceConfig.model_validate(base), second])
     assert problems and "both listen on UDP port 5051" in problems[0]
     assert ConfigError
+
+
+def test_lamp_group_states_become_the_ntcip_colours():
+    from firmware_bridges.signal_controller.gbt20999.link import _PED, _VEHICLE, lamp_of
+    assert lamp_of([0x21], _VEHICLE).value == "green"          # green flashing (before yellow) is still green
+    assert lamp_of([0x40], _VEHICLE).value == "red"            # red + yellow
+    assert lamp_of([0x31], _VEHICLE).value == "yellow"         # yellow flash (flash mode)
+    assert lamp_of([0x01], _VEHICLE) == lamp_of([], _VEHICLE)  # off, or no lamp group: dark
+    assert lamp_of([], _VEHICLE).value == "dark" and not lamp_of([], _VEHICLE).conflict
+    odd = lamp_of([0x99], _VEHICLE)
+    assert odd.value == "dark" and odd.conflict                # a state the standard does not list: flagged
+    two = lamp_of([0x20, 0x10], _VEHICLE)
+    assert two.value == "green" and two.conflict               # two groups of one phase disagree: flagged
+    assert [lamp_of([s], _PED).value for s in (0x20, 0x21, 0x10, 0x01)] == ["walk", "flashing", "dont_walk", "dark"]
+
+
+@sync
+async def test_an_answer_of_an_impossible_size_fails_the_poll_as_the_controllers_fault(gbsim):
+    from firmware_bridges.signal_controller.errors import BadAnswer
+    from firmware_bridges.signal_controller.gbt20999 import objects as o
+    from agent.core.registry import get_driver
+
+    device = gb_device(gbsim)
+    runner = SignalRunner(device, get_driver("signal_controller").options(device), ReportingSink())
+    link = runner.link
+    answers = {o.run_mode(1): b"\x21\x00\x00"}
+
+    async def query(ids):
+        return {tuple(i): answers.get(tuple(i), bytes(8) if i[:3] == (4, 2, 2) else b"\x01") for i in ids}
+
+    link.client.query = query
+    with pytest.raises(BadAnswer, match="0D.02.02.01 came as 3 bytes"):
+        await link.read_status()
+    answers[o.run_mode(1)] = b"\x21"
+    answers[o.DETECTOR_PRESENCE] = bytes(8)
+    answers.update({o.stage_remaining(1): b"\x00\x05"})
+    status = await link.read_status()
+    assert status.extra["run_mode"] == "local_fixed_time" and status.extra["stage_remaining_s"] == 5

@@ -141,10 +141,10 @@ class Gbt20999Link(PollLoop):
         if self.detectors:
             ids.append(o.DETECTOR_PRESENCE)
             ids += [o.detector_volume(d) for d in self.detectors]
-        values = await self.client.query(ids)
+        values = self._checked(await self.client.query(ids))
         current = o.uint(values[o.current_stage(r)])
         if current and current != stage:
-            values.update(await self.client.query([o.stage_status(current), o.stage_remaining(current)]))
+            values.update(self._checked(await self.client.query([o.stage_status(current), o.stage_remaining(current)])))
         self._stage = current or stage
         t = self.clock.now_ms()
         states = {g: o.uint(values[o.lamp_group_state(g)]) for g in layout.groups}
@@ -168,6 +168,22 @@ class Gbt20999Link(PollLoop):
         else:
             status.preempt = False
         return status
+
+    def _checked(self, values: dict[tuple[int, int, int, int], bytes]) -> dict[tuple[int, int, int, int], bytes]:
+        """The answer's values, each of a size its object can have (states 1 byte, times 2, the
+        detector bitmap 8; numbers at most 4): anything else is the controller's fault (BadAnswer),
+        not a number or a name to publish."""
+        for ids, raw in values.items():
+            if ids == o.DETECTOR_PRESENCE:
+                ok = len(raw) == 8
+            elif ids[:3] in ((3, 3, 2), (13, 2, 2), (6, 3, 2)):
+                ok = len(raw) == 1
+            else:
+                ok = 1 <= len(raw) <= 4
+            if not ok:
+                raise BadAnswer(f"{self.device_id}: {'.'.join(f'{i:02X}' for i in ids)} came as {len(raw)} bytes "
+                                f"({raw[:8].hex()}{'...' if len(raw) > 8 else ''})")
+        return values
 
     def _trap(self, frame: Frame) -> None:
         """The controller's own report: alarms (class 15) and faults (16) become events, the rest
