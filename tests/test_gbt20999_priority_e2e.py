@@ -29,7 +29,7 @@ def gbsim():
         yield s
 
 
-def start(tmp_path, broker, sim):
+def start(tmp_path, broker, sim, preempts=None):
     key_file = tmp_path / "command.key"
     key_file.write_bytes(KEY)
     key_file.chmod(0o600)
@@ -38,7 +38,7 @@ def start(tmp_path, broker, sim):
                              "timeout": "300ms"},
               "phases": PHASES, "offline_after": 2, "backoff": {"initial": "200ms", "max": "500ms"},
               "report": {"mode": "on_change", "max_silence": "10s"},
-              "priority": {"preempt": {2: 1, 4: 2}, "min_duration": "1s", "max_duration": "20s"}}
+              "priority": {"preempt": preempts or {2: 1, 4: 2}, "min_duration": "1s", "max_duration": "20s"}}
     config = agent_config(tmp_path, broker_port=broker.port, gateway=GW, site=SITE, devices=[device],
                           commands={"key": {"file": str(key_file)}, "allow": ["signal.priority"]})
     agent = AgentProcess(config, tmp_path / "agent.log").start()
@@ -99,4 +99,15 @@ def test_a_link_cut_mid_hold_gets_the_plan_back_when_it_returns(tmp_path, broker
         assert took < 2.0, took
         centre.wait_for(lambda c: c.events(DEVICE, "signal.priority_release_confirmed"), 5)
         assert [e["data"]["step"] for e in centre.events(DEVICE, "signal.control")][-1] == "restored"
+    assert centre.invalid == []
+
+
+def test_a_hold_the_controller_refuses_is_a_device_error_at_the_centre(tmp_path, broker, consumer_factory, gbsim):
+    centre = consumer_factory(gateway=GW, site=SITE)
+    with start(tmp_path, broker, gbsim, preempts={2: 1, 4: 9}):   # the controller has no stage 9
+        centre.wait_for(lambda c: c.readings(DEVICE, "phase2"), 10)
+        refused = request(centre, 4, 5)
+        assert refused["ok"] is False and refused["error"]["code"] == "device_error", refused
+        assert "bad value" in refused["error"]["message"] and "11.01.02.01" in refused["error"]["message"]
+        assert gbsim.held_stage is None and gbsim.run_mode == LOCAL_FIXED_TIME
     assert centre.invalid == []
