@@ -146,8 +146,7 @@ def _devices(at: Endpoints) -> list[tuple[str, dict[str, Any]]]:
              "poll": "200ms", "report": {"mode": "on_change", "max_silence": "10s"},
              "phases": {2: {"approach": "N", "ped": True}, 4: {"approach": "E", "ped": True}},
              "detectors": [2, 4],
-             "priority": {"preempt": {2: 1, 4: 2}, "min_duration": "5s", "max_duration": "30s",
-                          "release_retry": "500ms"},
+             "priority": {"preempt": {2: 1, 4: 2}, "min_duration": "5s", "max_duration": "30s"},
              "offline_after": 3, "backoff": {"initial": "500ms", "max": "5s"}}))
     return devices
 

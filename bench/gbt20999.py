@@ -71,7 +71,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--commands", type=int, default=100)
     parser.add_argument("--cuts", type=int, default=5)
-    parser.add_argument("--release-retry", default=None, help="priority.release_retry (default: the reassert, 2s)")
+    parser.add_argument("--release-retry", default=None, help="priority.release_retry (default for gbt20999: 500ms)")
     args = parser.parse_args()
 
     sim = Gbt20999Sim(DEFAULT_PLAN, udp=("127.0.0.1", 0), tcp=("127.0.0.1", 0)).run_in_thread()
@@ -140,7 +140,7 @@ def main() -> int:
             agent.wait_status(lambda s: (s["devices"][DEVICE].get("driver_stats") or {}).get("last_read_ms", 0) > since
                               and s["devices"][DEVICE]["driver_stats"].get("online"), 60)
         shown = ", ".join(f"{v:.0f}" for v in back_to_plan)
-        retry = args.release_retry or "2s (reassert)"
+        retry = args.release_retry or "500ms (default)"
         print(f"lost link back -> controller's own run mode and plan restored x{len(back_to_plan)} "
               f"(release_retry {retry}): "
               f"p50 {percentile(back_to_plan, .5, None):.0f} ms, max {max(back_to_plan):.0f} ms ({shown} ms)")

@@ -54,7 +54,8 @@ class SignalRunner(Runner, HoldsForCentre):
         self.name = f"signal_controller {device.id} ({self.link.describe})"
         self.devices: dict[str, SignalRunner] = {device.id: self}   # same lookup shape as the Modbus bus runner
         self.tracker = PhaseTracker()
-        self.priority = PriorityManager(device.id, options.priority, options.phases, self.link, sink, clock)
+        self.priority = PriorityManager(device.id, options.priority, options.phases, self.link, sink, clock,
+                                        release_retry=getattr(self.link, "RELEASE_RETRY", None))
         self.last_status: ControllerStatus | None = None
         self._with_preempt = options.priority is not None
         self._preempt_state = options.protocol == "ntcip" and self._with_preempt

@@ -84,6 +84,11 @@ AuditCallback = Callable[[str, dict[str, Any]], None]
 
 
 class Gbt20999Link(PollLoop):
+    # A hold changed the controller's run mode, and no backup timer of the controller's undoes it:
+    # a release that failed is tried every half second (priority.release_retry overrides it), so
+    # the plan is back within about that of a lost link's return, whatever the poll's backoff.
+    RELEASE_RETRY = 0.5
+
     def __init__(self, device_id: str, options: Options, poll: float, *, clock: Clock = SYSTEM):
         assert isinstance(options.connection, Gbt20999Connection)
         self.device_id = device_id
