@@ -8,7 +8,8 @@ Starts the bundled simulators and runs the agent on them with the live view:
   5 s, minute data every minute);
 - a GB/T 26875.3 fire-alarm transmission device that dials the agent's gb26875 listener and now
   and then reports a fire (a critical event) and, a little later, the panel's reset;
-- an NTCIP 1202 signal controller (SNMP) on a 45 s fixed-time plan;
+- an NTCIP 1202 signal controller (SNMP) on a 45 s fixed-time plan, and a second junction's
+  controller speaking GB/T 20999-2017 over UDP on the same plan;
 - the simulated junction camera over RTSP, in step with that controller's plan, with its stop
   line, lanes, no-parking zone and carriageway as rules and about one staged violation a minute
   (red light, wrong way, illegal parking, a person on the carriageway), each with its evidence;
@@ -50,6 +51,7 @@ GATEWAY, SITE = "gw-demo-0001", "demo"
 HJ212_MN = "010000A8900016F000169DC0"
 FIRE_ADDRESS = 889
 SIGNAL_ID, CAMERA_ID = "tsc-01", "cam-01"
+GB_SIGNAL_ID = "tsc-02"
 # staged violations per minute of scene time: one every minute or two, of each kind now and then
 CAMERA_RATES = {"red_light": 0.5, "illegal_parking": 0.1, "wrong_way": 0.2, "zone_intrusion": 0.2}
 
@@ -68,6 +70,7 @@ class Endpoints:
     hj212_port: int | None = None     # the agent listens, the station's logger dials in
     fire_port: int | None = None      # the agent listens, the transmission device dials in
     signal_port: int | None = None    # the controller's SNMP port (UDP)
+    gb_signal_port: int | None = None  # the GB/T 20999 controller's UDP port
     camera: dict[str, Any] | None = None   # the `cameras:` entry for the simulated junction
 
 
@@ -132,14 +135,28 @@ def _devices(at: Endpoints) -> list[tuple[str, dict[str, Any]]]:
                         8: {"name": "west-east through", "approach": "W"}},
              "priority": {"preempt": {2: 1, 4: 2}, "min_duration": "5s", "max_duration": "30s"},
              "offline_after": 3, "backoff": {"initial": "500ms", "max": "5s"}}))
+    if at.gb_signal_port:
+        devices.append((
+            "A second junction's controller speaking GB/T 20999-2017 over UDP: lamp groups, stage, run mode; "
+            "priority holds a stage and gives the controller its own mode and plan back.",
+            {"id": GB_SIGNAL_ID, "driver": "signal_controller", "name": "east junction signal controller",
+             "protocol": "gbt20999",
+             "connection": {"transport": "udp", "host": "127.0.0.1", "port": at.gb_signal_port, "local_port": 0,
+                            "timeout": "300ms"},
+             "poll": "200ms", "report": {"mode": "on_change", "max_silence": "10s"},
+             "phases": {2: {"approach": "N", "ped": True}, 4: {"approach": "E", "ped": True}},
+             "detectors": [2, 4],
+             "priority": {"preempt": {2: 1, 4: 2}, "min_duration": "5s", "max_duration": "30s"},
+             "offline_after": 3, "backoff": {"initial": "500ms", "max": "5s"}}))
     return devices
 
 
 def _commands(key_file: Path, at: Endpoints) -> dict[str, Any]:
     allow: list[Any] = ["device.read", "buffer.stats",
                         {"command": "device.write", "devices": ["lamp-07"], "points": ["dimming", "lamp_on"]}]
-    if at.signal_port:
-        allow.append({"command": "signal.priority", "devices": [SIGNAL_ID]})
+    signals = [d for d, port in ((SIGNAL_ID, at.signal_port), (GB_SIGNAL_ID, at.gb_signal_port)) if port]
+    if signals:
+        allow.append({"command": "signal.priority", "devices": signals})
     if at.camera:
         allow.append({"command": "camera.snapshot", "devices": [at.camera["id"]]})
     return {"key": {"file": str(key_file)}, "allow": allow}
@@ -408,6 +425,13 @@ def run_demo(state_dir: Path | None = None, duration: float | None = None, live:
             return stack.enter_context(SignalControllerSim(DEFAULT_PLAN, snmp=("127.0.0.1", 0)).run_in_thread())
         controller = optional("signal controller", start_signal, "continuing without it and the camera")
         at.signal_port = controller.snmp_address[1] if controller else None
+
+        def start_gb_signal() -> Any:
+            from tests.hardware_sim.gbt20999_controller import Gbt20999Sim
+            from tests.hardware_sim.signal_controller import DEFAULT_PLAN
+            return stack.enter_context(Gbt20999Sim(DEFAULT_PLAN, udp=("127.0.0.1", 0)).run_in_thread())
+        gb_controller = optional("GB/T 20999 signal controller", start_gb_signal, "continuing without it")
+        at.gb_signal_port = gb_controller.udp_address[1] if gb_controller else None
 
         def start_camera() -> dict[str, Any]:
             from tests.hardware_sim.camera_sim import CameraSim, junction_camera

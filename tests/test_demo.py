@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.demo import CAMERA_ID, SIGNAL_ID, DemoReport, run_demo
+from agent.demo import CAMERA_ID, GB_SIGNAL_ID, SIGNAL_ID, DemoReport, run_demo
 from tests.agent_proc import REPO
 from tests.fakes import eventually
 
@@ -76,6 +76,8 @@ def test_telemetry_from_modbus_hj212_and_the_signal_controller_arrives_valid(dem
     station = centre.latest["aq-station-01"]
     assert station["pm25"][1] == "good" and 25 < station["pm25"][0] < 45   # the logger's 35.2 ± 3 %
     assert centre.latest[SIGNAL_ID]["phase2"][0] in ("green", "yellow", "red")
+    assert centre.latest[GB_SIGNAL_ID]["phase2"][0] in ("green", "yellow", "red")   # over GB/T 20999
+    assert centre.latest[GB_SIGNAL_ID]["run_mode"][0] == "local_fixed_time"
     assert centre.invalid == [], centre.invalid
     assert "invalid 0" in centre.summary and "duplicates 0" in centre.summary
 

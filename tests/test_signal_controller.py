@@ -234,7 +234,7 @@ devices:
 def test_sample_config_is_valid():
     sample = Path(__file__).resolve().parents[1] / "firmware_bridges" / "signal_controller" / "sample.yaml"
     config = load_config(sample)
-    assert {d.options.protocol for d in config.devices} == {"ntcip", "modbus_io"}
+    assert {d.options.protocol for d in config.devices} == {"ntcip", "modbus_io", "gbt20999"}
 
 
 # -- NTCIP over real UDP SNMP ---------------------------------------------------------------------------

@@ -45,8 +45,24 @@ class Clock:
 
     async def wait_for(self, awaitable: Awaitable[T], timeout: float) -> T:
         """``asyncio.wait_for`` on this clock's time: the awaitable's result, or TimeoutError (and
-        the awaitable cancelled) when ``timeout`` seconds pass first."""
-        return await asyncio.wait_for(awaitable, timeout)
+        the awaitable cancelled) when ``timeout`` seconds pass first.
+
+        Not ``asyncio.wait_for`` itself: on Python 3.11 it swallows the caller's cancellation when
+        the awaitable finishes at the same moment (CPython gh-86296), and a loop around it (the
+        signal priority watchdog, poked just before the runner was cancelled) then never ends."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            if timeout <= 0:
+                await asyncio.sleep(0)   # as asyncio.wait_for: done at once, or timed out
+            else:
+                await asyncio.wait({task}, timeout=timeout)
+        finally:
+            if not task.done():
+                task.cancel()            # timed out, or the caller was cancelled
+        if not task.done() or task.cancelled():
+            await asyncio.gather(task, return_exceptions=True)
+            raise TimeoutError
+        return task.result()
 
 
 SYSTEM = Clock()

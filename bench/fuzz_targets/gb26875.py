@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.fuzz_targets import seeds
 from bench.fuzz_targets.base import Target
+from bench.fuzz_targets.hexdecode import HexDecode
 from bench.fuzz_targets.hj212 import check_printable
 from bench.fuzz_targets.mutate import mutate_bytes, random_bytes
 
@@ -283,35 +284,11 @@ def _frames_in(data: bytes):
         yield item.encode() if isinstance(item, Frame) else b"(not a frame)"
 
 
-class Decode(Target):
-    """``drivers.get_driver('gb26875').decode(hex)``, the `edge-agent decode gb26875` path: hex as
-    pasted (spaces, colons, 0x, odd digits, non-hex). ValueError only (FrameError is one); the
-    result must print as the CLI prints it."""
+class Decode(HexDecode):
+    """``edge-agent decode gb26875 HEX`` (:class:`~bench.fuzz_targets.hexdecode.HexDecode`)."""
 
     name = "gb26875.decode"
-    share = 5
-    allowed = (ValueError,)
-    on_loop = False
+    protocol = "gb26875"
 
-    def setup(self, workdir: Path) -> None:
-        from agent.core.registry import get_driver
-        self.driver = get_driver("gb26875")
-
-    def generate(self, rng: random.Random) -> str:
-        data = stream_input(rng) if rng.random() < 0.5 else frame_around(rng, app_input(rng))
-        sep = rng.choice(("", " ", ":", "-", ", 0x"))
-        text = sep.join(f"{b:02x}" for b in data) if rng.random() < 0.9 else data.decode("latin-1")
-        if rng.random() < 0.1:
-            text = mutate_bytes(rng, text.encode("latin-1")).decode("latin-1")
-        return text
-
-    def to_bytes(self, case: str) -> bytes:
-        return case.encode("utf-8", "surrogateescape")
-
-    def feed(self, case: str) -> None:
-        self.decoded = None
-        self.decoded = self.driver.decode(case)
-
-    def check(self, case: str) -> None:
-        if self.decoded is not None:
-            check_printable(self, self.decoded)
+    def frame_bytes(self, rng: random.Random) -> bytes:
+        return stream_input(rng) if rng.random() < 0.5 else frame_around(rng, app_input(rng))

@@ -1,14 +1,17 @@
 """Traffic-signal controller bridge: phase states in, a bounded priority (preemption) request out.
 
-Two ways to a controller, one device entry each (``protocol:``):
+Three ways to a controller, one device entry each (``protocol:``):
 
 - ``ntcip``: NTCIP 1202 over SNMP v2c/v3 (:mod:`.ntcip`): phase status groups, preempt control;
 - ``modbus_io``: a Modbus digital I/O module wired to lamp sensors and the preempt input
-  (:mod:`.modbus_io`, built on the Modbus driver's bus runner and profiles).
+  (:mod:`.modbus_io`, built on the Modbus driver's bus runner and profiles);
+- ``gbt20999``: GB/T 20999-2017, the Chinese controller protocol, over UDP or TCP
+  (:mod:`.gbt20999`, on the transport kit): lamp groups, stages, a held stage with the
+  controller's own mode and plan restored. `edge-agent decode gbt20999 HEX` decodes its frames.
 
 Modules, one job each: :mod:`.options` (config keys), :mod:`.phases` (colours, decoding, change
 detection), :mod:`.priority` (the bounded request), :mod:`.runner` (one runner per controller),
-:mod:`.errors`. README.md beside this file is for technicians and for the command layer.
+:mod:`.polling` (the poll loop), :mod:`.errors`. README.md beside this file is for technicians and for the command layer.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from agent.core.backoff import Backoff
 from agent.core.config import Secret, Strict
 from agent.core.units import Duration
+from firmware_bridges.signal_controller.timeouts import AnswerTimeout
 from drivers.modbus.options import Connection as ModbusConnection
 from drivers.modbus.profile import Profile, ProfileNotFound, load_profile, looks_like_path, profile_search_dirs
 from firmware_bridges.signal_controller.gbt20999.options import Gbt20999Connection
@@ -56,7 +57,7 @@ class NtcipConnection(Strict):
     auth_key: Secret | None = None
     priv_protocol: Literal[PRIV_PROTOCOLS] = "none"       # type: ignore[valid-type]
     priv_key: Secret | None = None
-    timeout: Duration = 0.5
+    timeout: AnswerTimeout = 0.5
     retries: int = Field(default=0, ge=0, le=3)   # per poll; the poll loop itself retries next tick
 
     @field_validator("version", mode="before")
@@ -64,13 +65,6 @@ class NtcipConnection(Strict):
     def _version(cls, value: Any) -> Any:
         text = str(value).lower().removeprefix("v")
         return {"2": "2c", "2c": "2c", "3": "3"}.get(text, value)
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: float) -> float:
-        if not 0.05 <= value <= 10:
-            raise ValueError("timeout must be between 50ms and 10s")
-        return value
 
     @model_validator(mode="after")
     def _v3(self) -> "NtcipConnection":
@@ -110,6 +104,7 @@ class PriorityConfig(Strict):
     centre_silence: Duration | None = None  # release when heartbeat() has not been called for this long
     reassert: Duration = 2.0              # re-send the request this often while held (controllers time it out)
     release_timeout: Duration = 2.0       # how long close() waits for the release write
+    release_retry: Duration | None = None  # a release that failed is tried again this often (default: reassert)
 
     @model_validator(mode="after")
     def _check(self) -> "PriorityConfig":
@@ -131,6 +126,8 @@ class PriorityConfig(Strict):
             raise ValueError("'preempt' maps phases to preempt numbers (or coil addresses); it is empty")
         if self.reassert < 0.1:
             raise ValueError("reassert must be at least 100ms")
+        if self.release_retry is not None and self.release_retry < 0.1:
+            raise ValueError("release_retry must be at least 100ms")
         return self
 
     @property

@@ -98,13 +98,14 @@ class PriorityManager:
     """One device's priority request. Methods are called on the agent's event loop."""
 
     def __init__(self, device_id: str, config: PriorityConfig | None, phases: Mapping[int, PhaseConfig],
-                 link: Actuator, sink: DeviceSink, clock: Clock = SYSTEM):
+                 link: Actuator, sink: DeviceSink, clock: Clock = SYSTEM, release_retry: float | None = None):
         self.device_id = device_id
         self.config = config
         self.phases = phases
         self.link = link
         self.sink = sink
         self.clock = clock
+        self.release_retry = release_retry   # the link's default where the config sets none
         self.stats = PriorityStats()
         self._held: _Held | None = None
         self._pending: dict[int, float] = {}   # preempt -> next retry (monotonic)
@@ -363,7 +364,11 @@ class PriorityManager:
         self._sync_pending()
 
     def _retry_interval(self) -> float:
-        return self.config.reassert if self.config else 2.0
+        if self.config is None:
+            return 2.0
+        if self.config.release_retry is not None:
+            return self.config.release_retry
+        return self.release_retry if self.release_retry is not None else self.config.reassert
 
     def _sync_pending(self) -> None:
         self.stats.pending_release = sorted(self._pending)

@@ -1,4 +1,4 @@
-"""One runner per signal controller: its link (NTCIP or Modbus I/O), its phase readings, its priority.
+"""One runner per signal controller: its link (NTCIP, Modbus I/O or GB/T 20999), its phase readings, its priority.
 
 Readings are published on every poll (``phase<n>``, ``ped<n>``, ``preempt``, ``preempt_state``); the
 device's report policy decides what is sent (``report: {mode: on_change, max_silence: 10s}`` sends
@@ -54,7 +54,8 @@ class SignalRunner(Runner, HoldsForCentre):
         self.name = f"signal_controller {device.id} ({self.link.describe})"
         self.devices: dict[str, SignalRunner] = {device.id: self}   # same lookup shape as the Modbus bus runner
         self.tracker = PhaseTracker()
-        self.priority = PriorityManager(device.id, options.priority, options.phases, self.link, sink, clock)
+        self.priority = PriorityManager(device.id, options.priority, options.phases, self.link, sink, clock,
+                                        release_retry=getattr(self.link, "RELEASE_RETRY", None))
         self.last_status: ControllerStatus | None = None
         self._with_preempt = options.priority is not None
         self._preempt_state = options.protocol == "ntcip" and self._with_preempt

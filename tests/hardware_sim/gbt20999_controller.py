@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.hardware_sim.signal_controller import DEFAULT_PLAN, PLANS, Controller, Plan, ThreadedSignalSim
+from tests.hardware_sim.signal_controller import DEFAULT_PLAN, PLANS, Controller, Plan, ThreadedSignalSim, _hostport
 
 RUN_MODES = set(range(0x11, 0x16)) | set(range(0x21, 0x26)) | {0x31, 0x32, 0x33}
 PED_GROUP = 32
@@ -138,10 +138,12 @@ class Gbt20999Sim:
         self.held_stage: int | None = None
         self.log: list[tuple[float, str, Any]] = []     # (time, what, value): sets as they landed
         self.requests = 0
+        self.kinds: dict[int, int] = {}                 # frame type -> how many were received
         self._cut = False
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._centres: set[Any] = set()
         self.udp_address: tuple[str, int] | None = None
         self.tcp_address: tuple[str, int] | None = None
@@ -264,6 +266,7 @@ class Gbt20999Sim:
             return None
         kind, header, seq, values = parsed
         self.requests += 1
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
         out_seq = seq if self.echo_seq else seq + 1
         if self.fault == "silent":
             return None
@@ -309,6 +312,10 @@ class Gbt20999Sim:
     def cut(self) -> None:
         """The link is lost: UDP drops everything, TCP closes its connections and refuses new ones."""
         self._cut = True
+        if self._loop is not None:   # callable from any thread: the sockets are the sim loop's
+            self._loop.call_soon_threadsafe(self._abort_all)
+
+    def _abort_all(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
 
@@ -318,7 +325,7 @@ class Gbt20999Sim:
     # -- serving --------------------------------------------------------------------------------
 
     async def start(self) -> "Gbt20999Sim":
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self.udp_bind:
             sim = self
 
@@ -351,7 +358,7 @@ class Gbt20999Sim:
                     break
                 buffer += data
                 for raw in unescape_stream(buffer):
-                    reply = self.answer(raw)
+                    reply = None if self._cut else self.answer(raw)
                     if reply:
                         writer.write(reply if self.fault == "garbage" else escape(reply))
         except (ConnectionError, OSError):
@@ -374,11 +381,6 @@ class Gbt20999Sim:
 
     def run_in_thread(self, timeout: float = 10.0) -> ThreadedSignalSim:
         return ThreadedSignalSim(self).start(timeout)   # type: ignore[arg-type]
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", int(port)
 
 
 def main(argv: list[str] | None = None) -> int:

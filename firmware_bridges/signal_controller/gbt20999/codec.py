@@ -310,9 +310,8 @@ class BadFrame:
     why: str
 
 
-class DatagramFramer:
-    """Unescaped frames in datagrams (UDP), cut by their length field. Bytes before a start byte
-    are garbage; a datagram that ends inside a frame leaves it pending for the transport to drop."""
+class _Framer:
+    """What both framers share: a count of valid frames and one bounded buffer."""
 
     def __init__(self) -> None:
         self.frames = 0
@@ -326,6 +325,11 @@ class DatagramFramer:
         held = len(self._buffer)
         self._buffer.clear()
         return held
+
+
+class DatagramFramer(_Framer):
+    """Unescaped frames in datagrams (UDP), cut by their length field. Bytes before a start byte
+    are garbage; a datagram that ends inside a frame leaves it pending for the transport to drop."""
 
     def feed(self, data: bytes) -> list[Frame | BadFrame]:
         buffer = self._buffer
@@ -360,25 +364,18 @@ class DatagramFramer:
         return items
 
 
-class StreamFramer:
+class StreamFramer(_Framer):
     """Escaped frames in a byte stream (TCP, RS-232): from 0x7E to the next unescaped 0x7D. A 0x7E
     inside a frame starts a new one (the old one was cut); the buffer holds at most one escaped
     maximal frame."""
 
     def __init__(self) -> None:
-        self.frames = 0
-        self._buffer = bytearray()
+        super().__init__()
         self._escaped = False
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
 
     def reset(self) -> int:
-        held = len(self._buffer)
-        self._buffer.clear()
         self._escaped = False
-        return held
+        return super().reset()
 
     def feed(self, data: bytes) -> list[Frame | BadFrame]:
         items: list[Frame | BadFrame] = []

@@ -35,7 +35,7 @@ from typing import Any
 
 from agent.core.backoff import Retry
 from agent.core.clock import SYSTEM, Clock
-from firmware_bridges.signal_controller.errors import NoAnswer, Refused
+from firmware_bridges.signal_controller.errors import BadAnswer, NoAnswer, Refused
 from firmware_bridges.signal_controller.gbt20999 import objects as o
 from firmware_bridges.signal_controller.gbt20999.client import FRAMES, Gbt20999Client
 from firmware_bridges.signal_controller.gbt20999.codec import DataValue, Frame
@@ -84,6 +84,11 @@ AuditCallback = Callable[[str, dict[str, Any]], None]
 
 
 class Gbt20999Link(PollLoop):
+    # A hold changed the controller's run mode, and no backup timer of the controller's undoes it:
+    # a release that failed is tried every half second (priority.release_retry overrides it), so
+    # the plan is back within about that of a lost link's return, whatever the poll's backoff.
+    RELEASE_RETRY = 0.5
+
     def __init__(self, device_id: str, options: Options, poll: float, *, clock: Clock = SYSTEM):
         assert isinstance(options.connection, Gbt20999Connection)
         self.device_id = device_id
@@ -106,6 +111,7 @@ class Gbt20999Link(PollLoop):
         self.saved: tuple[int, int] | None = None   # (run mode, plan) before the hold
         self.held_stage: int | None = None
         self.heartbeat_failures = 0
+        self._transport: asyncio.Task[None] | None = None
 
     @property
     def online(self) -> bool | None:
@@ -117,6 +123,10 @@ class Gbt20999Link(PollLoop):
         client = self.client
         wanted = sorted(set(self.phases) | set(self.peds))
         maps = await client.query([o.phase_lamp_groups(p) for p in wanted])
+        for p in wanted:
+            if len(maps[o.phase_lamp_groups(p)]) != 8:
+                raise BadAnswer(f"{self.device_id}: phase {p}'s lamp groups came as "
+                                f"{len(maps[o.phase_lamp_groups(p)])} bytes; GB/T 20999 has an 8-byte bitmap")
         groups_of = {p: o.bitmap(maps[o.phase_lamp_groups(p)]) for p in wanted}
         groups = sorted({g for gs in groups_of.values() for g in gs})
         types = await client.query([o.lamp_group_type(g) for g in groups]) if groups else {}
@@ -136,10 +146,10 @@ class Gbt20999Link(PollLoop):
         if self.detectors:
             ids.append(o.DETECTOR_PRESENCE)
             ids += [o.detector_volume(d) for d in self.detectors]
-        values = await self.client.query(ids)
+        values = self._checked(await self.client.query(ids))
         current = o.uint(values[o.current_stage(r)])
         if current and current != stage:
-            values.update(await self.client.query([o.stage_status(current), o.stage_remaining(current)]))
+            values.update(self._checked(await self.client.query([o.stage_status(current), o.stage_remaining(current)])))
         self._stage = current or stage
         t = self.clock.now_ms()
         states = {g: o.uint(values[o.lamp_group_state(g)]) for g in layout.groups}
@@ -163,6 +173,22 @@ class Gbt20999Link(PollLoop):
         else:
             status.preempt = False
         return status
+
+    def _checked(self, values: dict[tuple[int, int, int, int], bytes]) -> dict[tuple[int, int, int, int], bytes]:
+        """The answer's values, each of a size its object can have (states 1 byte, times 2, the
+        detector bitmap 8; numbers at most 4): anything else is the controller's fault (BadAnswer),
+        not a number or a name to publish."""
+        for ids, raw in values.items():
+            if ids == o.DETECTOR_PRESENCE:
+                ok = len(raw) == 8
+            elif ids[:3] in ((3, 3, 2), (13, 2, 2), (6, 3, 2)):
+                ok = len(raw) == 1
+            else:
+                ok = 1 <= len(raw) <= 4
+            if not ok:
+                raise BadAnswer(f"{self.device_id}: {'.'.join(f'{i:02X}' for i in ids)} came as {len(raw)} bytes "
+                                f"({raw[:8].hex()}{'...' if len(raw) > 8 else ''})")
+        return values
 
     def _trap(self, frame: Frame) -> None:
         """The controller's own report: alarms (class 15) and faults (16) become events, the rest
@@ -230,15 +256,17 @@ class Gbt20999Link(PollLoop):
     # -- running ---------------------------------------------------------------------------------
 
     async def run(self, on_status: StatusCallback, on_state: StateCallback) -> None:
-        transport = asyncio.create_task(self.client.run(), name=f"{self.device_id}:gbt20999")
+        # the transport outlives run(): the runner's close() restores the controller's mode through
+        # it after run() was cancelled, and a restarted run() finds it still there
+        if self._transport is None or self._transport.done():
+            self._transport = asyncio.create_task(self.client.run(), name=f"{self.device_id}:gbt20999")
         beat = asyncio.create_task(self._heartbeats(), name=f"{self.device_id}:heartbeat")
         try:
             await self.client.wait_link(2.0)
             await PollLoop.run(self, on_status, on_state)
         finally:
-            for task in (transport, beat):
-                task.cancel()
-            await asyncio.gather(transport, beat, return_exceptions=True)
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
 
     async def _heartbeats(self) -> None:
         every = self.connection.heartbeat
@@ -253,4 +281,8 @@ class Gbt20999Link(PollLoop):
                 log.debug("%s: heartbeat: %s", self.device_id, exc)
 
     async def close(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.cancel()
+            await asyncio.gather(transport, return_exceptions=True)
         self.client.close()

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from agent.core.config import Strict
 from agent.core.units import Duration
+from firmware_bridges.signal_controller.timeouts import AnswerTimeout
 from firmware_bridges.signal_controller.gbt20999.codec import VERSION
 from firmware_bridges.signal_controller.gbt20999.objects import RUN_MODES
 
@@ -33,17 +34,10 @@ class Gbt20999Connection(Strict):
     road_id: int = Field(default=0, ge=0, le=255)            # the header's road id (0 on the captured device)
     road: int = Field(default=1, ge=1, le=255)               # the row of the run-status and centre-control tables
     version: int = Field(default=VERSION, ge=0, le=0xFFFF)   # 0x0100 (captured device) or 0x0101 (OpenATC)
-    timeout: Duration = 0.5
+    timeout: AnswerTimeout = 0.5
     heartbeat: Duration = 10.0                               # a heartbeat query this often (0: none)
     # Some controllers take a specified stage only in centre manual mode: set it first (0x15)
     hold_mode: int | None = None
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: float) -> float:
-        if not 0.05 <= value <= 10:
-            raise ValueError("timeout must be between 50ms and 10s")
-        return value
 
     @field_validator("heartbeat")
     @classmethod

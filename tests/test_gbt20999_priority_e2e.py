@@ -1,0 +1,113 @@
+"""Emergency-vehicle priority on a GB/T 20999 controller, end to end: a signed signal.priority from a
+test acting as the centre (through a real Mosquitto) reaches the agent, which holds the stage at
+the simulated controller (UDP); the controller goes back to its own run mode and plan at expiry,
+and, with the link cut mid-hold, as soon as the link is back. The centre sees the NTCIP path's
+points and events."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.agent_proc import AgentProcess, agent_config
+from tests.fakes import eventually
+from tests.hardware_sim.gbt20999_controller import Gbt20999Sim
+from tests.hardware_sim.signal_controller import FAST_PLAN
+from tests.test_signal_controller import PHASES
+
+pytestmark = pytest.mark.timeout(90)
+
+GW, SITE, DEVICE = "gw-gb", "lab", "tsc-gb"
+KEY = b"gb-prio-key-0123456789abcdef0123"
+LOCAL_FIXED_TIME = 0x21
+
+
+@pytest.fixture
+def gbsim():
+    with Gbt20999Sim(FAST_PLAN, udp=("127.0.0.1", 0)).run_in_thread() as s:
+        yield s
+
+
+def start(tmp_path, broker, sim, preempts=None):
+    key_file = tmp_path / "command.key"
+    key_file.write_bytes(KEY)
+    key_file.chmod(0o600)
+    device = {"id": DEVICE, "driver": "signal_controller", "protocol": "gbt20999", "poll": "200ms",
+              "connection": {"transport": "udp", "host": "127.0.0.1", "port": sim.udp_address[1], "local_port": 0,
+                             "timeout": "300ms"},
+              "phases": PHASES, "offline_after": 2, "backoff": {"initial": "200ms", "max": "500ms"},
+              "report": {"mode": "on_change", "max_silence": "10s"},
+              "priority": {"preempt": preempts or {2: 1, 4: 2}, "min_duration": "1s", "max_duration": "20s"}}
+    config = agent_config(tmp_path, broker_port=broker.port, gateway=GW, site=SITE, devices=[device],
+                          commands={"key": {"file": str(key_file)}, "allow": ["signal.priority"]})
+    agent = AgentProcess(config, tmp_path / "agent.log").start()
+    agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 15)
+    return agent
+
+
+def request(centre, phase, duration_s):
+    sent = centre.send_command("signal.priority", {"device": DEVICE, "phase": phase, "duration_s": duration_s},
+                               key=KEY)
+    centre.wait_for(lambda c: c.last("cmd_result", sent["id"]), 5)
+    return centre.last("cmd_result", sent["id"]).body
+
+
+def not_green(sim) -> int:
+    return 4 if sim.view().vehicles[2] == "green" else 2
+
+
+def test_signed_priority_holds_the_stage_and_the_plan_comes_back_at_expiry(tmp_path, broker, consumer_factory, gbsim):
+    centre = consumer_factory(gateway=GW, site=SITE)
+    with start(tmp_path, broker, gbsim):
+        centre.wait_for(lambda c: c.readings(DEVICE, "phase2") and c.readings(DEVICE, "run_mode"), 10)
+        phase = not_green(gbsim)
+        asked = time.monotonic()
+        granted = request(centre, phase, 3)
+        assert granted["ok"] is True and granted["result"]["granted_s"] == 3 and granted["result"]["phase"] == phase
+        assert gbsim.held_stage == {2: 1, 4: 2}[phase]
+        eventually(lambda: gbsim.view().mode == "dwell" and gbsim.view().vehicles[phase] == "green", 4)
+        restored = eventually(lambda: gbsim.held_stage is None and gbsim.run_mode == LOCAL_FIXED_TIME, 6) and \
+            time.monotonic()
+        assert 2.8 <= restored - asked <= 4.5
+        centre.wait_for(lambda c: c.events(DEVICE, "signal.priority_ended"), 5)
+        assert centre.events(DEVICE, "signal.priority_ended")[0]["data"]["reason"] == "expired"
+        steps = [e["data"]["step"] for e in centre.events(DEVICE, "signal.control")]
+        assert steps == ["saved", "hold", "restored"]
+        centre.wait_for(lambda c: any(r.v == "centre_manual" for r in c.readings(DEVICE, "run_mode")), 5)
+        centre.wait_for(lambda c: c.readings(DEVICE, "run_mode")[-1].v == "local_fixed_time", 5)
+        assert {r.v for r in centre.readings(DEVICE, f"phase{phase}")} >= {"green", "red"}
+    assert centre.invalid == []
+
+
+def test_a_link_cut_mid_hold_gets_the_plan_back_when_it_returns(tmp_path, broker, consumer_factory, gbsim):
+    centre = consumer_factory(gateway=GW, site=SITE)
+    with start(tmp_path, broker, gbsim):
+        centre.wait_for(lambda c: c.readings(DEVICE, "phase2"), 10)
+        granted = request(centre, not_green(gbsim), 2)
+        assert granted["ok"] is True and gbsim.held_stage is not None
+        gbsim.cut()
+        centre.wait_for(lambda c: c.events(DEVICE, "signal.priority_ended"), 6)
+        assert centre.events(DEVICE, "signal.priority_ended")[0]["data"]["release_confirmed"] is False
+        centre.wait_for(lambda c: c.events(DEVICE, "device.offline"), 6)
+        assert gbsim.held_stage is not None              # nothing reached the controller
+        time.sleep(1.0)
+        back = time.monotonic()
+        gbsim.restore()
+        eventually(lambda: gbsim.held_stage is None and gbsim.run_mode == LOCAL_FIXED_TIME, 5)
+        took = time.monotonic() - back
+        assert took < 2.0, took
+        centre.wait_for(lambda c: c.events(DEVICE, "signal.priority_release_confirmed"), 5)
+        assert [e["data"]["step"] for e in centre.events(DEVICE, "signal.control")][-1] == "restored"
+    assert centre.invalid == []
+
+
+def test_a_hold_the_controller_refuses_is_a_device_error_at_the_centre(tmp_path, broker, consumer_factory, gbsim):
+    centre = consumer_factory(gateway=GW, site=SITE)
+    with start(tmp_path, broker, gbsim, preempts={2: 1, 4: 9}):   # the controller has no stage 9
+        centre.wait_for(lambda c: c.readings(DEVICE, "phase2"), 10)
+        refused = request(centre, 4, 5)
+        assert refused["ok"] is False and refused["error"]["code"] == "device_error", refused
+        assert "bad value" in refused["error"]["message"] and "11.01.02.01" in refused["error"]["message"]
+        assert gbsim.held_stage is None and gbsim.run_mode == LOCAL_FIXED_TIME
+    assert centre.invalid == []
