@@ -92,25 +92,33 @@ def _yaml() -> YAML:
 
 
 def _detect_indent(text: str) -> tuple[int, int]:
-    """(sequence indent, offset) as the file writes ``- `` items: ``  - id:`` under a key is (4, 2)."""
-    for line in text.splitlines():
-        stripped = line.lstrip(" ")
-        if stripped.startswith("- ") and line[:1] == " ":
-            offset = len(line) - len(stripped)
-            return offset + 2, offset
+    """(sequence indent, offset) as the file writes a list under a key: ``key:`` then ``  - item``
+    is (4, 2), ``key:`` then ``- item`` (PyYAML's way) is (2, 0)."""
+    lines = [line.split(" #")[0].rstrip() for line in text.splitlines()]
+    lines = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for key, item in zip(lines, lines[1:]):
+        if key.endswith(":") and item.lstrip().startswith("- "):
+            offset = (len(item) - len(item.lstrip())) - (len(key) - len(key.lstrip()))
+            if offset >= 0:
+                return offset + 2, offset
     return 2, 0
 
 
-def _flow(points: list[tuple[float, float]]) -> CommentedSeq:
+def _points(points: list[tuple[float, float]], like: Any = None) -> CommentedSeq:
+    """Points as YAML, in the style of the value they replace: ``[[x, y], ...]`` (flow) unless
+    the file wrote that value as a block list."""
     def number(v: float) -> float | int:
         r = round(v, 1)
         return int(r) if r == int(r) else r
+    block = isinstance(like, CommentedSeq) and like.fa.flow_style() is False
     outer = CommentedSeq()
     for x, y in points:
         inner = CommentedSeq([number(x), number(y)])
-        inner.fa.set_flow_style()
+        if not block:
+            inner.fa.set_flow_style()
         outer.append(inner)
-    outer.fa.set_flow_style()
+    if not block:
+        outer.fa.set_flow_style()
     return outer
 
 
@@ -159,7 +167,7 @@ def apply_ops(doc: Document, driver: Driver, edit: Edit, frame: tuple[int, int] 
                 raise Refusal(f"edit {number}: there is no figure at {'.'.join(map(str, op.path))} to move")
             _check_points(number, shape.kind, op.points, frame, shape.label)
             parent = _get(doc.entry, list(op.path[:-1]))
-            parent[op.path[-1]] = _flow(list(op.points))
+            parent[op.path[-1]] = _points(list(op.points), like=parent[op.path[-1]])
         elif isinstance(op, Add):
             kind = kinds.get(op.kind)
             if kind is None:
@@ -174,10 +182,10 @@ def apply_ops(doc: Document, driver: Driver, edit: Edit, frame: tuple[int, int] 
                 target[kind.into[-1]] = CommentedSeq()
             items = target[kind.into[-1]]
             if kind.field is None:
-                items.append(_flow(list(op.points)))
+                items.append(_points(list(op.points)))
             else:
                 item = CommentedMap(copy.deepcopy(dict(kind.template or {})))
-                item[kind.field] = _flow(list(op.points))
+                item[kind.field] = _points(list(op.points))
                 items.append(item)
         else:
             if tuple(op.path) not in removable:
