@@ -28,6 +28,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -233,6 +234,34 @@ def check(text: str, config_path: Path) -> list[str]:
         return [p.replace(str(candidate), config_path.name) for p in unreadable_files(config, candidate)]
     finally:
         candidate.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Edited:
+    """An edit replayed on the config file: the new text, its diff, check-config's problems."""
+
+    text: str
+    diff: str
+    problems: list[str]
+    shapes: list[Shape]
+    changed: bool
+
+
+def figures(path: Path, device_id: str, section: str, driver: Driver) -> tuple[str, list[Shape]]:
+    """The file's sha256 (the edits' ``base``) and the device's figures. Blocking: a worker thread."""
+    doc = Document(path.read_text(encoding="utf-8"), device_id, section)
+    return doc.sha256, driver.shapes(doc.entry)
+
+
+def edit_file(path: Path, device_id: str, section: str, driver: Driver, edit: Edit,
+              frame: tuple[int, int] | None) -> Edited:
+    """Replay ``edit`` on the file at ``path`` (which is not written: config.apply does that).
+    Blocking (parse, dump, check-config's checks: 50-200 ms): a worker thread. Raises Refusal."""
+    doc = Document(path.read_text(encoding="utf-8"), device_id, section)
+    shapes = apply_ops(doc, driver, edit, frame)
+    after = doc.dump()
+    changed = after != doc.text
+    return Edited(after, diff(doc.text, after, path.name), check(after, path) if changed else [], shapes, changed)
 
 
 def parse_edit(body: Any) -> Edit:
