@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from agent.core.boundary import boundary
+from agent.core.ratelimit import Throttle
 from agent.web import passwords
 from agent.web.api import Api, json, refuse
 from agent.web.config import Web
@@ -47,6 +48,30 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+
+
+class _Quieter(logging.Filter):
+    """aiohttp logs every malformed request with its traceback at ERROR: a port scanner on the
+    cabinet's network would fill the journal. One line a minute, without the traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if not self._throttle.ready():
+            return False
+        held = self._throttle.held()
+        record.exc_info = record.exc_text = None
+        record.msg = f"web console: {record.getMessage()} (a malformed request, refused with 400)" + (
+            f"; {held} more since the last report" if held else "")
+        record.args = ()
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_Quieter())
 
 
 class WebConsole:
