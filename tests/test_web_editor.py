@@ -95,8 +95,9 @@ cameras:
                                       "points": [[300, 300], [640, 300], [600, 500]]}), FRAME)
     changed = [line for line in editor.diff(before, d.dump(), "gateway.yaml").splitlines()
                if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    assert changed == ["-        zone: [[300, 300], [600, 300], [600, 500]]   # the bus stop",
-                       "+        zone: [[300, 300], [640, 300], [600, 500]]   # the bus stop"]
+    assert [" ".join(line.split()) for line in changed] == [
+        "- zone: [[300, 300], [600, 300], [600, 500]] # the bus stop",
+        "+ zone: [[300, 300], [640, 300], [600, 500]] # the bus stop"]   # its comment kept
     assert editor.check(d.dump(), path) == []
 
 
@@ -172,3 +173,21 @@ def test_no_picture_no_figures(config):
 def test_malformed_edits_are_refused_with_where(body):
     with pytest.raises(editor.Refusal, match="malformed"):
         editor.parse_edit(body)
+
+
+def test_a_file_of_two_layouts_keeps_both_only_the_edit_shows(tmp_path):
+    """The demo writes its lists at two indents and lets PyYAML wrap long flow lists: the diff of
+    an edit is still the edit alone."""
+    from agent.demo import Endpoints, demo_config
+    path = demo_config(tmp_path, Endpoints(1883, 502, 503, 504, camera=junction_camera(
+        url="rtsp://127.0.0.1:8554/cam1")))
+    before = path.read_text()
+    d = editor.Document(before, "cam-01", "cameras")
+    editor.apply_ops(d, CAMERA, edit({"op": "add", "kind": "ignore", "points": [[1, 1], [60, 1], [60, 40]]},
+                                     {"op": "move", "path": ["rules", 0, "direction"], "points": [[700, 300], [700, 250]]}),
+                     FRAME)
+    changed = [line for line in editor.diff(before, d.dump(), path.name).splitlines()
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert sorted(changed) == sorted(["-      direction: up", "+      direction: [[700, 300], [700, 250]]",
+                                      "+      - [[1, 1], [60, 1], [60, 40]]"]), changed
+    assert editor.check(d.dump(), path) == []

@@ -83,6 +83,20 @@ def screenshots(base: str, user: str, password: str, out: Path) -> list[Path]:
         wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#overlay g.figure")))
         time.sleep(1.5)
         taken.append(_shot(browser, out / "camera.png"))
+        # the rule editor: a zone drawn on the picture, its diff checked
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.support.ui import Select
+        Select(browser.find_element(By.ID, "kind")).select_by_value("zone_intrusion")
+        browser.find_element(By.ID, "draw").click()
+        overlay = browser.find_element(By.ID, "overlay")
+        width, height = overlay.size["width"], overlay.size["height"]
+        for x, y in ((700, 470), (960, 470), (1010, 640), (650, 640)):
+            ActionChains(browser).move_to_element_with_offset(
+                overlay, int(x * width / 1280 - width / 2), int(y * height / 720 - height / 2)).click().perform()
+        browser.find_element(By.ID, "finish").click()
+        wait(browser).until(lambda b: "zone_intrusion" in b.find_element(By.ID, "diff").text)
+        wait(browser).until(lambda b: "checked" in b.find_element(By.ID, "apply-status").text)
+        taken.append(_shot(browser, out / "rule-editor.png"))
     finally:
         browser.quit()
     return taken

@@ -26,6 +26,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ _MINIMUM = {"line": 2, "arrow": 2, "path": 2, "polygon": 3}
 def _yaml() -> YAML:
     y = YAML()   # round trip: comments, key order and flow styles kept
     y.preserve_quotes = True
-    y.width = 4096
+    y.width = 4096   # one line per value: _merge compares values line by line
     return y
 
 
@@ -130,27 +131,92 @@ def _get(node: Any, path: list[Any]) -> Any:
 
 
 class Document:
-    """The config file being edited, and one device's entry in it."""
+    """The config file being edited, and one device's entry in it.
+
+    Only that entry's lines are written again (``dump``): a file mixes layouts (the demo's lists
+    sit at two indents), and ruamel.yaml writes one layout per document, so dumping the whole
+    file would reformat sections nobody touched. The entry is dumped in its own layout, at its
+    own indent, and put back in place of its old lines."""
 
     def __init__(self, text: str, device_id: str, section: str):
         if len(text) > MAX_FILE:
             raise Refusal("the config file is too large to edit here")
         self.text = text
         self.sha256 = hashlib.sha256(text.encode()).hexdigest()
-        self.yaml = _yaml()
-        sequence, offset = _detect_indent(text)
-        self.yaml.indent(mapping=2, sequence=sequence, offset=offset)
-        self.root = self.yaml.load(text)
+        self.root = _yaml().load(text)
         entries = self.root.get(section) if isinstance(self.root, Mapping) else None
-        matches = [e for e in entries or [] if isinstance(e, Mapping) and e.get("id") == device_id]
-        if not matches:
+        if not isinstance(entries, CommentedSeq):
+            raise Refusal(f"the config file has no {section!r} list")
+        index = next((i for i, e in enumerate(entries) if isinstance(e, Mapping) and e.get("id") == device_id), None)
+        if index is None or not isinstance(entries[index], CommentedMap):
             raise Refusal(f"{device_id} is not in the {section!r} section of the config file")
-        self.entry = matches[0]
+        self.entry = entries[index]
+        lines = text.splitlines(keepends=True)
+        line, column = entries.lc.item(index)
+        self._start, self._column = line, column
+        if index + 1 < len(entries):
+            end = entries.lc.item(index + 1)[0]
+        else:
+            keys = list(self.root)
+            later = keys[keys.index(section) + 1:]
+            end = self.root.lc.key(later[0])[0] if later else len(lines)
+        while end > line + 1 and lines[end - 1].strip().startswith("#") or (end > line + 1 and not lines[end - 1].strip()):
+            end -= 1   # comments and blank lines before the next entry are the next entry's
+        self._end = end
+        if entries.fa.flow_style() or not lines[line][:column].rstrip().endswith("-"):
+            raise Refusal(f"{device_id}'s entry is not written as a block list item: edit it as text")
+        own = "".join(l[column:] if l[:column].strip() in ("", "-") else l for l in lines[line:end])
+        self._indent = _detect_indent(own)
 
     def dump(self) -> str:
+        y = _yaml()
+        sequence, offset = self._indent
+        y.indent(mapping=2, sequence=sequence, offset=offset)
         out = io.StringIO()
-        self.yaml.dump(self.root, out)
-        return out.getvalue()
+        y.dump(self.entry, out)
+        pad = " " * self._column
+        body = out.getvalue().splitlines(keepends=True)
+        lines = self.text.splitlines(keepends=True)
+        prefix = lines[self._start][:self._column]   # "  - " as the file has it
+        entry = [prefix + body[0]] + [pad + l if l.strip() else l for l in body[1:]]
+        return "".join(lines[:self._start] + _merge(lines[self._start:self._end], entry) + lines[self._end:])
+
+
+_KEY = re.compile(r"""^(- )*[A-Za-z0-9_."'-]+\s*:(\s|$)""")
+
+
+def _logical(lines: list[str]) -> list[list[str]]:
+    """Lines grouped into YAML statements: a key, a list item or a comment, with the lines a
+    long flow value was wrapped onto (deeper, neither a key nor an item)."""
+    groups: list[list[str]] = []
+    for line in lines:
+        text = line.strip()
+        continues = (groups and text and not text.startswith(("#", "- ")) and not _KEY.match(text)
+                     and len(line) - len(line.lstrip()) > len(groups[-1][0]) - len(groups[-1][0].lstrip()))
+        if continues:
+            groups[-1].append(line)
+        else:
+            groups.append([line])
+    return groups
+
+
+def _normal(group: list[str]) -> str:
+    text = " ".join(" ".join(group).split())
+    return re.sub(r"\s+([\]}])", r"\1", re.sub(r"([\[{])\s+", r"\1", text))
+
+
+def _merge(old: list[str], new: list[str]) -> list[str]:
+    """``new`` (ruamel's writing of the entry), with every statement that means what it meant
+    before written as the file had it (its wrapping, spacing, quotes): the diff shows what the
+    edit changed and nothing that only the writer did differently."""
+    before, after = _logical(old), _logical(new)
+    matcher = difflib.SequenceMatcher(None, [_normal(g) for g in before], [_normal(g) for g in after],
+                                      autojunk=False)
+    merged: list[str] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        for group in (before[i1:i2] if tag == "equal" else after[j1:j2]):
+            merged.extend(group)
+    return merged
 
 
 def apply_ops(doc: Document, driver: Driver, edit: Edit, frame: tuple[int, int] | None) -> list[Shape]:
