@@ -17,7 +17,7 @@ import asyncio
 import logging
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -30,9 +30,6 @@ from agent.web.config import Web
 from agent.web.events import EventLog
 from agent.web.metrics import exposition, registry
 from agent.web.sessions import Session, Sessions, LoginLimiter
-
-if TYPE_CHECKING:
-    from agent.app import Agent
 
 log = logging.getLogger("agent.web")
 HTTP = boundary("web.http")
@@ -77,7 +74,7 @@ logging.getLogger("aiohttp.server").addFilter(_Quieter())
 class WebConsole:
     def __init__(self, cfg: Web):
         self.cfg = cfg
-        self.agent: "Agent | None" = None
+        self.agent: Any = None   # the running agent.app.Agent (not imported: only the runtime imports it)
         self.sessions = Sessions(cfg.session_idle, cfg.session_max)
         self.limiter = LoginLimiter(cfg.login_per_minute)
         self.events = EventLog()
@@ -89,7 +86,7 @@ class WebConsole:
 
     # -- the agent it shows ------------------------------------------------------------------------
 
-    def attach(self, agent: "Agent") -> None:
+    def attach(self, agent: Any) -> None:
         self.agent = agent
         agent.pipeline.on_event = self.events.record
         agent.on_local_answer = self._answered
