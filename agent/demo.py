@@ -234,6 +234,7 @@ class DemoReport:
     invalid: list[str] = field(default_factory=list)               # the first 20 invalid messages, why
     command_hint: str | None = None
     console: str | None = None          # the web console's address, once it listens
+    console_password: str | None = None  # the one-time password printed for `admin`
     summary: str = ""
 
     def on_record(self, status: str, record: Any) -> None:
@@ -462,7 +463,7 @@ def run_demo(state_dir: Path | None = None, duration: float | None = None, live:
               f"      Ctrl-C to stop", flush=True)
 
         def console_up(address: str) -> None:
-            report.console = address
+            report.console, report.console_password = address, password
             print(f"demo: web console {address}  (log in as admin, password {password}: it changes every run)",
                   flush=True)
         try:

@@ -81,8 +81,10 @@ def run(label: str, workdir: Path, settings: dict[str, Any], seconds: float, war
             browser.quit()
         loop = (agent.status() or {}).get("loop", {})
         figures["loop_max_ms"] = loop.get("max_callback_ms") or 0.0
+        figures["loop_max"] = loop.get("max_callback") or "?"
     print(f"{label:9} agent CPU {figures['cpu_percent']:5.1f} % of a core, RSS {figures['rss_mib']:6.1f} MiB "
-          f"(max {figures['rss_max_mib']:.1f}), longest loop callback {figures['loop_max_ms']:.1f} ms", flush=True)
+          f"(max {figures['rss_max_mib']:.1f}), longest loop callback {figures['loop_max_ms']:.1f} ms "
+          f"({figures['loop_max']})", flush=True)
     return figures, latency
 
 
