@@ -15,7 +15,7 @@ from tests.hardware_sim.camera_sim import CameraSim, junction_camera
 from tests.hardware_sim.modbus_sim import ModbusSim
 from tests.hardware_sim.signal_controller import FAST_PLAN, SignalControllerSim
 from tests.web_browser import available, chrome, login, wait
-from tests.web_helpers import ADMIN, Client, add_web
+from tests.web_helpers import ADMIN, VIEWER, Client, add_web
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -77,6 +77,26 @@ def test_watch_a_value_draw_a_zone_apply_it_and_see_the_intrusion_in_it(browser,
     wait(browser).until(lambda b: _text(b, "#v-aq-01-pm25") == "12.50")
     sim.set_value(1, "pm25", 48.25)
     wait(browser).until(lambda b: _text(b, "#v-aq-01-pm25") == "48.25")
+
+    # bad figures through the same API the page uses: each refused with a message, nothing changed
+    before = config.read_text()
+    http = Client(base)
+    assert http.login().status_code == 200
+    picture = http.get("/api/cameras/cam-01/picture")
+    assert picture.status_code == 200 and picture.content[:2] == b"\xff\xd8"
+    assert (picture.headers["X-Frame-Width"], picture.headers["X-Frame-Height"]) == ("1280", "720")
+    outside = http.post("/api/cameras/cam-01/rules/preview",
+                        {"ops": [{"op": "add", "kind": "zone_intrusion", "points": [[10, 10], [1500, 10], [10, 300]]}]})
+    assert outside.status_code == 422 and "outside the 1280x720 frame" in outside.json()["error"]["message"]
+    bow_tie = {"ops": [{"op": "add", "kind": "zone_intrusion",
+                        "points": [[100, 100], [400, 400], [400, 100], [100, 400]]}]}
+    crossing = http.post("/api/cameras/cam-01/rules/apply", bow_tie)
+    assert crossing.status_code == 422 and "edges cross" in crossing.json()["error"]["message"]
+    viewer = Client(base)
+    assert viewer.login(VIEWER).status_code == 200
+    assert viewer.post("/api/cameras/cam-01/rules/apply", bow_tie).status_code == 403
+    assert http.post("/api/cameras/cam-01/rules/apply", {"ops": []}).json()["error"]["code"] == "unchanged"
+    assert config.read_text() == before
 
     # the camera's picture, then a zone drawn around the carriageway
     browser.get(base + "/#camera/cam-01")

@@ -5,6 +5,8 @@ sessions, CSRF, live values, reads and writes through the command path and its a
 
 from __future__ import annotations
 
+import time
+
 import psutil
 import pytest
 
@@ -171,6 +173,19 @@ def test_overview_and_metrics(gateway):
     for name in ("edge_agent_buffer_depth ", "edge_agent_uplink_connected 1.0", 'edge_agent_devices_online{device="aq-01"}',
                  "process_resident_memory_bytes"):
         assert name in text, name
+
+
+def test_an_expired_session_is_refused(tmp_path, broker):
+    config = agent_config(tmp_path, broker_port=broker.port, devices=[])
+    base = add_web(config, session_idle="1s")
+    with AgentProcess(config, tmp_path / "agent.log").start():
+        client = Client(base)
+        client.wait_up()
+        assert client.login().status_code == 200 and client.get("/api/me").status_code == 200
+        time.sleep(1.5)   # the time passing is what this test is about
+        expired = client.get("/api/me")
+        assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
+        assert client.post("/api/logout", {}).status_code == 401
 
 
 def test_sessions_expire_when_idle_and_after_their_longest():
