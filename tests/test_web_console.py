@@ -9,6 +9,7 @@ import time
 
 import psutil
 import pytest
+import requests
 
 from agent.commands import AuditLog
 from agent.web.sessions import LoginLimiter, Sessions
@@ -186,6 +187,33 @@ def test_an_expired_session_is_refused(tmp_path, broker):
         expired = client.get("/api/me")
         assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
         assert client.post("/api/logout", {}).status_code == 401
+
+
+def test_over_tls_with_public_metrics(tmp_path, broker):
+    """``tls``: the console speaks HTTPS only, its cookie is Secure; ``metrics_public``: /metrics
+    without a login, and still nothing else."""
+    from tests.hardware_sim.certs import make_test_certs
+    certs = make_test_certs(tmp_path / "certs")
+    config = agent_config(tmp_path, broker_port=broker.port, devices=[])
+    base = add_web(config, metrics_public=True,
+                   tls={"cert_file": str(certs["server.crt"]), "key_file": str(certs["server.key"])})
+    base = base.replace("http://", "https://")
+    with AgentProcess(config, tmp_path / "agent.log").start():
+        client = Client(base)
+        client.http.verify = str(certs["ca.crt"])
+        client.wait_up()
+        login = client.login()
+        assert login.status_code == 200
+        cookie = login.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        anonymous = Client(base)
+        anonymous.http.verify = str(certs["ca.crt"])
+        assert anonymous.get("/metrics").status_code == 200
+        assert "edge_agent_buffer_depth" in anonymous.get("/metrics").text
+        assert anonymous.get("/api/overview").status_code == 401
+        plain = Client(base.replace("https://", "http://"))
+        with pytest.raises(requests.ConnectionError):
+            plain.get("/login")
 
 
 def test_sessions_expire_when_idle_and_after_their_longest():
