@@ -191,3 +191,27 @@ def test_a_file_of_two_layouts_keeps_both_only_the_edit_shows(tmp_path):
     assert sorted(changed) == sorted(["-      direction: up", "+      direction: [[700, 300], [700, 250]]",
                                       "+      - [[1, 1], [60, 1], [60, 40]]"]), changed
     assert editor.check(d.dump(), path) == []
+
+
+def test_drafts_are_checked_outside_a_read_only_config_directory(config, tmp_path):
+    """Under the service /etc/edge-agent is read-only: the check writes its draft elsewhere and
+    still resolves relative paths beside the real file (a profile next to it)."""
+    profiles = config.parent / "profiles"
+    profiles.mkdir()
+    from pathlib import Path as P
+    shipped = P(__file__).resolve().parents[1] / "config" / "profiles" / "air_monitor_rs485.yaml"
+    (profiles / "my_monitor.yaml").write_text(shipped.read_text())
+    settings = yaml.safe_load(config.read_text())
+    settings["devices"] = [{"id": "aq-01", "driver": "modbus", "unit": 1, "profile": "my_monitor",
+                            "connection": {"type": "tcp", "host": "192.0.2.1", "port": 502}}]
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    config.parent.chmod(0o555)
+    present = set(config.parent.iterdir())
+    try:
+        assert editor.check(config.read_text(), config) == []
+        assert set(config.parent.iterdir()) == present   # nothing written beside it (root ignores 0555)
+        broken = config.read_text().replace("profile: my_monitor", "profile: nobodys_monitor")
+        problems = editor.check(broken, config)
+        assert problems and "nobodys_monitor" in problems[0] and problems[0].startswith("gateway.yaml")
+    finally:
+        config.parent.chmod(0o755)

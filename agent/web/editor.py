@@ -25,7 +25,6 @@ import difflib
 import hashlib
 import io
 import math
-import os
 import re
 import tempfile
 from collections.abc import Mapping
@@ -285,21 +284,18 @@ def diff(before: str, after: str, name: str) -> str:
 
 def check(text: str, config_path: Path) -> list[str]:
     """The problems ``edge-agent check-config`` would name in ``text`` as the file at ``config_path``
-    (it is written beside it, so relative profile and model paths resolve the same). Blocking
+    (relative profile and model paths resolve beside it). The draft is written to a scratch
+    directory, not beside the config: under the service /etc/edge-agent is read-only. Blocking
     (50-150 ms): a worker thread."""
     from agent.config import load_config, unreadable_files
-    fd, name = tempfile.mkstemp(prefix=f".{config_path.name}.", suffix=".check", dir=config_path.parent)
-    candidate = Path(name)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
+    with tempfile.TemporaryDirectory(prefix="edge-agent-rules-") as scratch:
+        candidate = Path(scratch) / config_path.name
+        candidate.write_text(text, encoding="utf-8")
         try:
-            config = load_config(candidate)
+            config = load_config(candidate, standing_for=config_path)
         except ConfigError as exc:
             return [p.replace(str(candidate), config_path.name) for p in exc.problems]
         return [p.replace(str(candidate), config_path.name) for p in unreadable_files(config, candidate)]
-    finally:
-        candidate.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
