@@ -52,6 +52,9 @@ if [ "$dev" -eq 1 ]; then
   command -v adduser >/dev/null || missing+=(adduser)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v bwrap >/dev/null || missing+=(bubblewrap)
+  # the web console's browser tests: Debian's headless Chromium and its WebDriver
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
 fi
 if ((${#missing[@]})); then
   say "installing system packages: ${missing[*]}"

@@ -167,15 +167,18 @@ def _with_family_sections() -> type[_AgentConfigBase]:
 AgentConfig = _with_family_sections()
 
 
-def load_config(path: str | Path) -> AgentConfig:
-    """Load and fully validate a gateway config, drivers' options and profiles included."""
+def load_config(path: str | Path, *, standing_for: Path | None = None) -> AgentConfig:
+    """Load and fully validate a gateway config, drivers' options and profiles included.
+    ``standing_for``: the file at ``path`` is a draft of that one (the web console's rule editor
+    checks its drafts in a scratch directory): relative profile and model paths resolve beside it."""
     from agent.core.registry import UnknownDriver, get_driver
 
     file = Path(path)
     config, root = validate_yaml_file(file, AgentConfig, "a mapping with at least a 'gateway' section")
 
     problems: list[str] = []
-    context = {"config_dir": file.parent.resolve(), "config_file": file}
+    place = standing_for if standing_for is not None else file
+    context = {"config_dir": place.parent.resolve(), "config_file": place}
     sections: dict[str, list[DeviceConfig]] = {name: [] for name in config.sections()}
     for section, index, device in [(name, i, d) for name, devices in config.sections().items()
                                    for i, d in enumerate(devices)]:

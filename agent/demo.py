@@ -20,7 +20,9 @@ GStreamer under /usr/bin/python3; signal controller: pysnmp) that cannot start a
 line each and left out. The demo config is written into the state directory (`demo.yaml`, so a
 technician can read what a real one looks like; `edge-agent check-config` passes on it), with the
 command channel on: its key is `command.key` beside it (mode 0600), and the line printed at the
-start shows how to send a signed command as the centre would.
+start shows how to send a signed command as the centre would. The web console is on too
+(http://127.0.0.1:8080/ when that port is free), with a one-time password for ``admin`` printed at
+the start.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Endpoints:
     signal_port: int | None = None    # the controller's SNMP port (UDP)
     gb_signal_port: int | None = None  # the GB/T 20999 controller's UDP port
     camera: dict[str, Any] | None = None   # the `cameras:` entry for the simulated junction
+    web: dict[str, Any] | None = None      # the `web:` section: the technician's console
 
 
 def _modbus(device_id: str, unit: int, profile: str, connection: dict[str, Any], poll: str,
@@ -219,6 +222,9 @@ def demo_config(state_dir: Path, at: Endpoints) -> Path:
                     "log": {"format": "text", "level": "info"}})
         + _section("Commands from the centre: HMAC-signed with this key (mode 0600), only these.", "commands",
                    _commands(key_file, at))
+        + (_section("The technician's console: a one-time admin password for this run, printed at the start "
+                    "(write a real account's hash with `edge-agent web-passwd NAME`).", "web", at.web)
+           if at.web else "")
         + _entries("devices", _devices(at))
     )
     if at.camera:
@@ -244,6 +250,8 @@ class DemoReport:
     events: list[tuple[str, str, str]] = field(default_factory=list)   # (device, type, severity), first 200
     invalid: list[str] = field(default_factory=list)               # the first 20 invalid messages, why
     command_hint: str | None = None
+    console: str | None = None          # the web console's address, once it listens
+    console_password: str | None = None  # the one-time password printed for `admin`
     summary: str = ""
 
     def on_record(self, status: str, record: Any) -> None:
@@ -365,8 +373,26 @@ def _fire_panel(port: int, first: float = 10.0, hold: float = 10.0, every: float
 
 # -- the run -------------------------------------------------------------------------------------
 
+def console_section(port: int | None = None) -> tuple[dict[str, Any], str]:
+    """The demo's ``web:`` section with a fresh one-time password for ``admin``, and that password.
+    Port 8080 when it is free (the address a technician expects), else any free port."""
+    from agent.web.passwords import hash_password
+    from tests.hardware_sim.broker import free_port
+    if port is None:
+        import socket
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", 8080))
+                port = 8080
+            except OSError:
+                port = free_port()
+    password = secrets.token_urlsafe(12)
+    return {"bind": "127.0.0.1", "port": port,
+            "accounts": [{"name": "admin", "role": "admin", "password_hash": hash_password(password)}]}, password
+
+
 def run_demo(state_dir: Path | None = None, duration: float | None = None, live: bool = True,
-             report: DemoReport | None = None) -> int:
+             report: DemoReport | None = None, console: bool = True) -> int:
     from agent.runtime import run_agent
     from agent.logs import setup_logging
     from tests.hardware_sim.broker import MosquittoBroker, MosquittoNotInstalled, free_port
@@ -444,6 +470,9 @@ def run_demo(state_dir: Path | None = None, duration: float | None = None, live:
             at.camera = optional("camera", start_camera,
                                  "continuing without it (install.sh installs GStreamer's RTSP server)")
 
+        password = None
+        if console:
+            at.web, password = console_section()
         config_path = report.config_path = demo_config(state_dir, at)
         config = load_config(config_path)
         centre = stack.enter_context(Consumer(broker.host, broker.port, gateway=config.gateway.id,
@@ -457,8 +486,12 @@ def run_demo(state_dir: Path | None = None, duration: float | None = None, live:
               f"      send a signed command as the centre: {report.command_hint}\n"
               f"      Ctrl-C to stop", flush=True)
 
+        def console_up(address: str) -> None:
+            report.console, report.console_password = address, password
+            print(f"demo: web console {address}  (log in as admin, password {password}: it changes every run)",
+                  flush=True)
         try:
-            asyncio.run(run_agent(config, live, stop_after=duration, config_path=config_path))
+            asyncio.run(run_agent(config, live, stop_after=duration, config_path=config_path, on_console=console_up))
         except KeyboardInterrupt:
             pass
         report.summary = centre.summary()

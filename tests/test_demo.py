@@ -41,6 +41,17 @@ def run_the_hint(report: DemoReport, results: list[subprocess.CompletedProcess[s
                    every=0.2)
     results.append(subprocess.run(shlex.split(report.command_hint or "false"), cwd=REPO, capture_output=True,
                                   text=True, timeout=30))
+    if report.console:   # the console the demo printed, with the password it printed
+        import requests
+        http = requests.Session()
+        login = http.post(report.console + "api/login", json={"name": "admin", "password": report.console_password},
+                          timeout=10)
+        devices = http.get(report.console + "api/devices", timeout=10)
+        CONSOLE.update(login=login.status_code, devices=[d["id"] for d in devices.json().get("devices", [])]
+                       if devices.ok else devices.status_code)
+
+
+CONSOLE: dict[str, object] = {}
 
 
 @dataclass
@@ -118,3 +129,11 @@ def test_the_junction_camera_comes_online(demo: Run):
     assert online is True or (fps is not None and fps[1] == "good"), (online, fps)
     if fps is not None and fps[1] == "good":
         assert fps[0] > 0
+
+
+def test_the_demo_turns_the_web_console_on_with_a_one_time_password(demo: Run):
+    assert demo.report.console and demo.report.console.startswith("http://127.0.0.1:")
+    assert CONSOLE.get("login") == 200, CONSOLE
+    assert "aq-01" in CONSOLE["devices"] and "lamp-07" in CONSOLE["devices"]
+    text = demo.report.config_path.read_text()
+    assert "web:" in text and demo.report.console_password not in text   # only its hash is written

@@ -22,6 +22,7 @@ SEED = 20250101
 # inputs per target: the fast parsers a few thousand, the slow ones what fits in seconds
 PROFILE = {name: 3000 for name in REGISTRY} | {
     "commands": 2000, "config": 400, "model.manifest": 400, "camera.frame": 150, "mqtt.packet": 300,
+    "web.http": 400,
 }
 
 

@@ -5,8 +5,11 @@ sessions, CSRF, live values, reads and writes through the command path and its a
 
 from __future__ import annotations
 
+import time
+
 import psutil
 import pytest
+import requests
 
 from agent.commands import AuditLog
 from agent.web.sessions import LoginLimiter, Sessions
@@ -171,6 +174,46 @@ def test_overview_and_metrics(gateway):
     for name in ("edge_agent_buffer_depth ", "edge_agent_uplink_connected 1.0", 'edge_agent_devices_online{device="aq-01"}',
                  "process_resident_memory_bytes"):
         assert name in text, name
+
+
+def test_an_expired_session_is_refused(tmp_path, broker):
+    config = agent_config(tmp_path, broker_port=broker.port, devices=[])
+    base = add_web(config, session_idle="1s")
+    with AgentProcess(config, tmp_path / "agent.log").start():
+        client = Client(base)
+        client.wait_up()
+        assert client.login().status_code == 200 and client.get("/api/me").status_code == 200
+        time.sleep(1.5)   # the time passing is what this test is about
+        expired = client.get("/api/me")
+        assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
+        assert client.post("/api/logout", {}).status_code == 401
+
+
+def test_over_tls_with_public_metrics(tmp_path, broker):
+    """``tls``: the console speaks HTTPS only, its cookie is Secure; ``metrics_public``: /metrics
+    without a login, and still nothing else."""
+    from tests.hardware_sim.certs import make_test_certs
+    certs = make_test_certs(tmp_path / "certs")
+    config = agent_config(tmp_path, broker_port=broker.port, devices=[])
+    base = add_web(config, metrics_public=True,
+                   tls={"cert_file": str(certs["server.crt"]), "key_file": str(certs["server.key"])})
+    base = base.replace("http://", "https://")
+    with AgentProcess(config, tmp_path / "agent.log").start():
+        client = Client(base)
+        client.http.verify = str(certs["ca.crt"])
+        client.wait_up()
+        login = client.login()
+        assert login.status_code == 200
+        cookie = login.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        anonymous = Client(base)
+        anonymous.http.verify = str(certs["ca.crt"])
+        assert anonymous.get("/metrics").status_code == 200
+        assert "edge_agent_buffer_depth" in anonymous.get("/metrics").text
+        assert anonymous.get("/api/overview").status_code == 401
+        plain = Client(base.replace("https://", "http://"))
+        with pytest.raises(requests.ConnectionError):
+            plain.get("/login")
 
 
 def test_sessions_expire_when_idle_and_after_their_longest():

@@ -35,13 +35,15 @@ class Client:
     def __init__(self, base: str):
         self.base = base
         self.http = requests.Session()
+        # not the environment's CA bundle or proxies: a test's own CA (``http.verify``) must count
+        self.http.trust_env = False
         self.csrf: str | None = None
 
     def wait_up(self, timeout: float = 20.0) -> None:
         def answers() -> bool:
             try:
                 return self.http.get(self.base + "/login", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except requests.ConnectionError:   # an SSLError too
                 return False
         eventually(answers, timeout, "the console to listen")
 

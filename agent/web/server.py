@@ -17,21 +17,19 @@ import asyncio
 import logging
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from agent.core.boundary import boundary
+from agent.core.ratelimit import Throttle
 from agent.web import passwords
 from agent.web.api import Api, json, refuse
 from agent.web.config import Web
 from agent.web.events import EventLog
 from agent.web.metrics import exposition, registry
 from agent.web.sessions import Session, Sessions, LoginLimiter
-
-if TYPE_CHECKING:
-    from agent.app import Agent
 
 log = logging.getLogger("agent.web")
 HTTP = boundary("web.http")
@@ -49,10 +47,34 @@ HEADERS = {
 }
 
 
+class _Quieter(logging.Filter):
+    """aiohttp logs every malformed request with its traceback at ERROR: a port scanner on the
+    cabinet's network would fill the journal. One line a minute, without the traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if not self._throttle.ready():
+            return False
+        held = self._throttle.held()
+        record.exc_info = record.exc_text = None
+        record.msg = f"web console: {record.getMessage()} (a malformed request, refused with 400)" + (
+            f"; {held} more since the last report" if held else "")
+        record.args = ()
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_Quieter())
+
+
 class WebConsole:
     def __init__(self, cfg: Web):
         self.cfg = cfg
-        self.agent: "Agent | None" = None
+        self.agent: Any = None   # the running agent.app.Agent (not imported: only the runtime imports it)
         self.sessions = Sessions(cfg.session_idle, cfg.session_max)
         self.limiter = LoginLimiter(cfg.login_per_minute)
         self.events = EventLog()
@@ -64,7 +86,7 @@ class WebConsole:
 
     # -- the agent it shows ------------------------------------------------------------------------
 
-    def attach(self, agent: "Agent") -> None:
+    def attach(self, agent: Any) -> None:
         self.agent = agent
         agent.pipeline.on_event = self.events.record
         agent.on_local_answer = self._answered

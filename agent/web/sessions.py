@@ -120,7 +120,3 @@ class LoginLimiter:
         by_name = self._bucket("n:" + name[:64].lower())
         # both take a token, or neither keeps counting against the other
         return by_address.take() & by_name.take()
-
-    def wait_s(self, address: str) -> int:
-        """Roughly how long until the address may try again, for the refusal's message."""
-        return max(1, int(60 / max(self.burst, 1)))

@@ -29,6 +29,7 @@ REGISTRY: dict[str, str] = {
     "commands": "commands:Commands",
     "camera.frame": "camera:CameraFrame",
     "mqtt.packet": "mqtt:MqttPacket",
+    "web.http": "web:WebHttp",
 }
 
 

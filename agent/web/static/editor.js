@@ -142,12 +142,16 @@ const CameraPage = {
   figure(shape, index, scale) {
     const group = svg("g", {class: `figure ${shape.kind}${index === this.selected ? " selected" : ""}`,
                             "data-index": String(index), "data-label": shape.label});
-    const colour = COLOURS[shape.kind] || "#fff";
+    // an area to ignore (detect.ignore, motion.ignore) is not a rule: grey and dashed
+    const ignore = shape.path && (shape.path[0] === "detect" || shape.path[0] === "motion");
+    const colour = ignore ? "#9aa3ad" : COLOURS[shape.kind] || "#fff";
     const points = shape.points.map((p) => p.join(",")).join(" ");
     const width = 3 * scale;
     let body;
     if (shape.kind === "polygon") {
-      body = svg("polygon", {points, fill: colour, "fill-opacity": "0.18", stroke: colour, "stroke-width": width});
+      body = svg("polygon", {points, fill: colour, "fill-opacity": ignore ? "0.08" : "0.18", stroke: colour,
+                             "stroke-width": width});
+      if (ignore) body.setAttribute("stroke-dasharray", `${8 * scale} ${6 * scale}`);
     } else {
       body = svg("polyline", {points, fill: "none", stroke: colour, "stroke-width": width});
       if (shape.kind === "arrow" || shape.kind === "path") body.setAttribute("marker-end", `url(#head-${shape.kind})`);
