@@ -40,3 +40,167 @@ def test_onnx_model_agrees_with_tensorflow_js_within_1e_3():
     assert len(outputs) == 6 and compared > 20_000
     # the rows compared are not all near zero: the photograph's people score high in both
     assert ref["Identity/values"][:, 0].max() > 0.5
+
+
+# -------------------------------------------------------------------------- the manifest and its decoder
+
+def test_shipped_nanodet_manifest_names_its_source_licence_and_class_map():
+    m = load_manifest(NANODET)
+    assert m.format == "nanodet" and len(m.labels) == 80 and m.labels[:4] == ["person", "bicycle", "car", "motorcycle"]
+    assert sha256_file(m.model_path) == m.sha256
+    assert m.model_path.stat().st_size < 8_000_000
+    assert set(m.class_map.values()) == set(ROAD_USERS)
+    assert "Apache-2.0" in m.licence and m.source["version"] == "3.0.4" and "human-models" in m.source["package"]
+    from models.make_nanodet import FILES, TARBALL_SHA256
+    assert m.source["tarball_sha256"] == TARBALL_SHA256 and m.source["files"] == FILES
+    person = m.accuracy["per_class"]["person"]
+    assert person["precision"] >= 0.9 and person["recall"] >= 0.9 and person["ground_truth"] >= 50
+    assert m.accuracy["per_class"]["vehicle_any_label"]["recall"] == 1.0
+
+
+def _softmax_logits(cells: float, bins: int = 11) -> np.ndarray:
+    """Logits whose softmax has its mean at ``cells`` (mass split between the two bins around it)."""
+    p = np.full(bins, 1e-6)
+    lo = int(np.floor(cells))
+    p[lo] += 1 - (cells - lo)
+    if lo + 1 < bins:
+        p[lo + 1] += cells - lo
+    return np.log(p / p.sum()).astype(np.float32)
+
+
+def test_decode_nanodet_distributions_to_boxes_and_class_subset():
+    labels = 5                                  # a 5-class model, input 64 x 32, strides 8 and 16
+    cfg = DecoderConfig("nanodet", labels, 64, 32, score_threshold=0.3, strides=(8, 16), classes=(0, 2, 3))
+    n8, n16 = 8 * 4, 4 * 2
+    cls8, cls16 = np.zeros((1, n8, labels), np.float32), np.zeros((1, n16, labels), np.float32)
+    reg8, reg16 = np.zeros((1, n8, 44), np.float32), np.zeros((1, n16, 44), np.float32)
+    # stride 8, cell (col 3, row 1): centre (28, 12); distances 1.5, 1, 2, 0.5 cells -> box 16, 4, 44, 16
+    cell = 1 * 8 + 3
+    cls8[0, cell, 2] = 0.9
+    cls8[0, cell, 1] = 0.95                     # a class outside the subset: not a candidate
+    reg8[0, cell] = np.concatenate([_softmax_logits(d) for d in (1.5, 1.0, 2.0, 0.5)])
+    # stride 16, cell (col 2, row 1): centre (40, 24); 1 cell each way -> 24, 8, 56, 40
+    cls16[0, 6, 3] = 0.6
+    reg16[0, 6] = np.concatenate([_softmax_logits(1.0)] * 4)
+    cls8[0, 0, 1] = 0.99                        # only a class outside the subset: nothing
+    # outputs in any order, named anyhow
+    d = decode(cfg, [reg16, cls8, reg8, cls16], ["a", "b", "c", "d"])
+    order = np.argsort(-d.scores)
+    assert d.class_ids[order].tolist() == [2, 3]
+    np.testing.assert_allclose(d.boxes[order], [[16, 4, 44, 16], [24, 8, 56, 40]], atol=1e-3)
+    with pytest.raises(ModelError, match=r"format nanodet with 5 labels.*expects 4 outputs.*\(1, 32, 5\)"):
+        decode(cfg, [cls8, reg8, cls16], [])
+
+
+# -------------------------------------------------------------------------- a model that is not what its manifest says
+
+def _broken_model(tmp_path: Path, case: str) -> tuple[Path, str]:
+    """A copy of models/nanodet whose manifest is wrong in one way, and what the refusal must say."""
+    import shutil
+    folder = tmp_path / f"model-{case}"
+    shutil.copytree(NANODET.parent, folder)
+    doc = yaml.safe_load((folder / "manifest.yaml").read_text())
+    real = doc["sha256"]
+    if case == "sha256":
+        doc["sha256"] = "0" * 64
+        expect = f"has sha256 {real}, but the manifest expects {'0' * 64}"
+    elif case == "format":
+        doc["format"] = "yolov8"
+        expect = "output does not match its declared format: format yolov8 with 80 labels expects an output of shape (1, 84, N)"
+    else:
+        doc["class_map"] = {**doc["class_map"], "van": "car"}
+        expect = "class_map: 'van' is not one of the model's labels; expected one of ['person', 'bicycle'"
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder / "manifest.yaml", expect
+
+
+CASES = ["sha256", "format", "class_map"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_check_config_refuses_the_model_naming_file_and_expectation(tmp_path, case):
+    import subprocess
+    import sys
+    manifest, expect = _broken_model(tmp_path, case)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway": {"id": "gw-1", "site": "lab"}, "buffer": {"path": str(tmp_path / "outbox.db")},
+        "cameras": [{"id": "cam-bad", "url": "rtsp://192.0.2.30/s", "model": str(manifest)},
+                    {"id": "cam-good", "url": "rtsp://192.0.2.31/s"}]}, sort_keys=False))
+    run = subprocess.run([sys.executable, "-m", "agent", "check-config", str(config)], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    problems = [line for line in run.stderr.splitlines() if "cam-" in line]
+    assert len(problems) == 1 and "cameras cam-bad: model" in problems[0], run.stderr
+    assert str(manifest) in run.stderr and expect in run.stderr, run.stderr
+    if case != "class_map":
+        assert "nanodet.onnx" in run.stderr     # the model file itself is named
+
+
+def test_check_config_passes_the_shipped_models(tmp_path):
+    import subprocess
+    import sys
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway": {"id": "gw-1", "site": "lab"}, "buffer": {"path": str(tmp_path / "outbox.db")},
+        "cameras": [{"id": "cam-real", "url": "rtsp://192.0.2.30/s"},
+                    {"id": "cam-sim", "url": "rtsp://192.0.2.31/s", "model": "vehicles"}]}, sort_keys=False))
+    run = subprocess.run([sys.executable, "-m", "agent", "check-config", str(config)], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert run.returncode == 0 and "OK" in run.stdout, run.stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("case", CASES)
+def test_a_wrong_model_fails_its_camera_while_the_other_camera_runs(tmp_path, case):
+    """Two cameras: one with the broken model is reported failed (offline, the refusal as its
+    error) and stays so; the other, on the real model, analyses frames all along."""
+    import asyncio
+
+    from agent.core.clock import VirtualClock
+    from drivers.camera.options import Options
+    from drivers.camera.runner import CameraRunner, default_detector_factory
+    from tests.fakes import RecordingSink, until
+
+    manifest, expect = _broken_model(tmp_path, case)
+    clip = tmp_path / "clip.avi"
+    _write_clip(clip)
+    bad = Options.model_validate({"url": "rtsp://127.0.0.1:9/none", "model": str(manifest), "open_timeout": "500ms"})
+    good = Options.model_validate({"url": str(clip), "fps": 10, "motion": {"enabled": False}})
+    clock = VirtualClock()
+    sink = RecordingSink(clock)
+    runners = [CameraRunner(type("Device", (), {"id": cid})(), options, sink,
+                            detector_factory=default_detector_factory(options), clock=clock)
+               for cid, options in (("cam-bad", bad), ("cam-good", good))]
+
+    good_seen: dict = {}
+
+    async def scenario():
+        tasks = [asyncio.create_task(r.run()) for r in runners]
+        await until(lambda: runners[0].disabled, 20, "the camera with the broken model disabled")
+        await until(lambda: (runners[1].stats()["cam-good"].get("detected") or 0) >= 3, 30,
+                    "the other camera analysing frames")
+        assert not any(t.done() for t in tasks)
+        good_seen.update(runners[1].stats()["cam-good"])
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for r in runners:
+            await r.close()
+    asyncio.run(scenario())
+    assert expect in runners[0].disabled and "camera disabled" in runners[0].disabled
+    offline = [s for s in sink.states if s[0] == "cam-bad" and s[1] is False]
+    assert offline and expect in offline[-1][2]
+    assert not good_seen["disabled"] and good_seen["detected"] >= 3 and not good_seen["last_error"]
+    assert not [s for s in sink.states if s[0] == "cam-good" and s[1] is False and "cannot be used" in (s[2] or "")]
+
+
+def _write_clip(path: Path, frames: int = 40) -> None:
+    """A short clip from the fixture photograph, drifting a pixel a frame (MJPEG in AVI)."""
+    import cv2
+    image = cv2.imread(str(ROOT / "tests" / "data" / "nanodet_input.png"))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (image.shape[1], image.shape[0]))
+    for k in range(frames):
+        writer.write(np.roll(image, k, axis=1))
+    writer.release()
