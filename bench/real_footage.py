@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # the road in front of the lamp post and the sign, where people walk down towards the grass and
-# across (pixels of the 768 x 576 frame)
-ZONE = [[330, 250], [560, 250], [768, 330], [768, 470], [560, 335], [330, 285]]
+# across (pixels of the 768 x 576 frame). It stays clear of the frame's right edge, where people
+# walk into the picture: someone first seen inside a zone is not counted (``from_outside``), so a
+# zone up to the edge would miss everyone who comes in over it.
+ZONE = [[330, 250], [560, 250], [690, 300], [690, 440], [560, 335], [330, 285]]
 CLIP_FPS = 10.0
 STILL_S = 3.0
 
@@ -46,6 +49,7 @@ STILL_S = 3.0
 def run(fps: float = 10.0, model: str = "nanodet", out: Path | None = None, frames: range | None = None,
         threads: int = 1) -> dict[str, Any]:
     import cv2
+    import numpy as np
 
     from drivers.camera.evidence import build_violation
     from drivers.camera.options import Options
@@ -73,11 +77,16 @@ def run(fps: float = 10.0, model: str = "nanodet", out: Path | None = None, fram
     violations: list[Any] = []
     evidence: list[dict[str, Any]] = []
     index = 0
+    decode_s = 0.0
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     analysed = 0
     shape = (576, 768)
+    thumbs: dict[int, Any] = {}     # --out: every frame as JPEG, for the stills of what was not reported
     while True:
+        d0 = time.process_time()
         ok, image = cap.read()
+        decode_s += time.process_time() - d0
         if not ok:
             break
         if index % step or (frames is not None and index not in frames):
@@ -85,6 +94,8 @@ def run(fps: float = 10.0, model: str = "nanodet", out: Path | None = None, fram
             continue
         t = t0 + index / CLIP_FPS
         shape = image.shape[:2]
+        if out is not None:
+            thumbs[index] = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
         found = pipeline.process(RawFrame(index, t, image))
         analysed += 1
         for tr in pipeline.tracker.tracks.values():
@@ -99,6 +110,9 @@ def run(fps: float = 10.0, model: str = "nanodet", out: Path | None = None, fram
         index += 1
     cap.release()
     elapsed = time.perf_counter() - started
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    video_s = analysed / fps
     h, w = shape
     people = {k: v for k, v in history.items() if v[0][2] == "person"}
     switches = identity_switches(people, w, h)
@@ -111,12 +125,17 @@ def run(fps: float = 10.0, model: str = "nanodet", out: Path | None = None, fram
     result = {
         "footage": str(path), "frames_analysed": analysed, "fps": fps, "model": model,
         "seconds": round(elapsed, 1), "ms_per_frame": round(1000 * elapsed / max(analysed, 1), 1),
+        # CPU of the pipeline per second of video, as % of one core: what one camera at this fps
+        # costs (decoding the file, which a camera's reader does for every frame it receives,
+        # counted apart: the file's every frame is decoded, skipped or not)
+        "cpu_percent_per_camera": round(100 * (cpu_s - decode_s) / max(video_s, 1e-9), 1),
+        "decode_cpu_percent": round(100 * decode_s / max(video_s, 1e-9), 1),
         "person_tracks": len(people),
         "identity_switches": {"breaks": len(switches["breaks"]), "jumps": len(switches["jumps"]),
                               "per_person_track": round((len(switches["breaks"]) + len(switches["jumps"]))
                                                         / max(len(people), 1), 3),
                               "detail": switches},
-        "zone": {"polygon": ZONE, "reports": zone_reports, "walked_in_tracks": walked_in,
+        "zone": {"polygon": ZONE, "reports": zone_reports, "walked_in_tracks": sorted(walked_in),
                  "walked_in_not_reported": [k for k in walked_in if k not in reported_tracks],
                  "reported_twice": sorted({k for k in reported_tracks if reported_tracks.count(k) > 1}),
                  "evidence": evidence},
@@ -127,6 +146,14 @@ def run(fps: float = 10.0, model: str = "nanodet", out: Path | None = None, fram
     }
     if out is not None:
         _write_stills(out, violations)
+        import cv2
+        for k in result["zone"]["walked_in_not_reported"]:
+            t, box = walked_in[k]
+            image = cv2.imdecode(thumbs[round((t - t0) * CLIP_FPS)], cv2.IMREAD_COLOR)
+            b = [int(round(v)) for v in box]
+            cv2.rectangle(image, (b[0], b[1]), (b[2], b[3]), (0, 0, 255), 2)
+            cv2.polylines(image, [np.array(ZONE, np.int32)], True, (255, 160, 0), 1)
+            cv2.imwrite(str(out / f"walked_in_not_reported_track{k}_t{t - t0:.1f}.jpg"), image)
     return result
 
 
@@ -164,9 +191,10 @@ def _inside(p: tuple[float, float]) -> bool:
     return inside(p, tuple(tuple(q) for q in ZONE))
 
 
-def entries(tracks: dict[int, list]) -> list[int]:
-    """Tracks whose feet were outside the zone and then inside it for 0.5 s or more."""
-    out = []
+def entries(tracks: dict[int, list]) -> dict[int, tuple[float, tuple]]:
+    """Tracks whose feet were outside the zone and then inside it for 0.5 s or more: track id ->
+    (time, box) when they had been inside for 0.5 s."""
+    out = {}
     for k, obs in tracks.items():
         seen_out, since = False, None
         for t, box, *_ in obs:
@@ -175,7 +203,7 @@ def entries(tracks: dict[int, list]) -> list[int]:
             elif seen_out:
                 since = t if since is None else since
                 if t - since >= 0.5:
-                    out.append(k)
+                    out[k] = (t, box)
                     break
     return out
 
@@ -237,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     s = result["identity_switches"]
     z = result["zone"]
     print(f"{result['footage']}: {result['frames_analysed']} frames at {result['fps']:g} fps, model {result['model']}, "
-          f"{result['ms_per_frame']} ms a frame through the pipeline")
+          f"{args.threads} thread(s): {result['ms_per_frame']} ms a frame through the pipeline, CPU "
+          f"{result['cpu_percent_per_camera']} % of one core per camera (+ {result['decode_cpu_percent']} % decoding)")
     print(f"person tracks {result['person_tracks']}; identity switches: {s['breaks']} breaks + {s['jumps']} jumps "
           f"= {s['per_person_track']} per person track")
     print(f"zone: {len(z['reports'])} reports (tracks {[r['track'] for r in z['reports']]}), "
