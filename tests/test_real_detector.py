@@ -279,3 +279,24 @@ def test_tracker_and_zone_rule_over_the_whole_real_clip():
     assert still["tracks"] and still["seen_as_moving"] == [] and still["reported"] == []
     assert result["identity_switches"]["per_person_track"] <= 0.5, result["identity_switches"]
     assert result["other_violations"] == []
+
+
+def test_edge_agent_detect_uses_the_real_model_by_default(tmp_path):
+    """`edge-agent detect PHOTO` as a new user runs it: the real model, the rules' labels only;
+    `--model vehicles` still picks the simulator's."""
+    import json
+    import subprocess
+    import sys
+    photo = ROOT / "tests" / "data" / "nanodet_input.png"   # a frame of the real footage
+    run = subprocess.run([sys.executable, "-m", "agent", "detect", str(photo)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    people = [d for d in found if d["label"] == "person"]
+    assert len(people) >= 5 and {d["label"] for d in found} <= set(ROAD_USERS)
+    assert all(0 < d["score"] <= 1 and d["box"][0] < d["box"][2] and d["box"][1] < d["box"][3] for d in found)
+    sim = subprocess.run([sys.executable, "-m", "agent", "detect", str(photo), "--model", "vehicles"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert sim.returncode == 0, sim.stderr
+    assert len([d for d in json.loads(sim.stdout) if d["label"] == "person"]) < len(people)
