@@ -16,6 +16,7 @@ from models.runtime import Detector
 
 ROOT = Path(__file__).resolve().parent.parent
 NANODET = ROOT / "models" / "nanodet" / "manifest.yaml"
+NANODET_INT8 = ROOT / "models" / "nanodet-int8" / "manifest.yaml"
 FIXTURE = ROOT / "tests" / "data" / "nanodet_reference.npz"
 
 
@@ -25,10 +26,11 @@ def test_onnx_model_agrees_with_tensorflow_js_within_1e_3():
     onnxruntime on the same input, gives the same numbers."""
     import onnxruntime as ort
 
-    from models.make_nanodet import fixture_input
+    from models.make_nanodet import fixture_canvas
     session = ort.InferenceSession(str(load_manifest(NANODET).model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    outputs = dict(zip(names, session.run(names, {session.get_inputs()[0].name: fixture_input()})))
+    # the shipped model normalises the pixels itself; the reference was given them normalised
+    outputs = dict(zip(names, session.run(names, {"pixels": fixture_canvas()[None]})))
     ref = np.load(FIXTURE)
     compared = 0
     for name in sorted({k.split("/")[0] for k in ref.files}):
@@ -56,6 +58,46 @@ def test_shipped_nanodet_manifest_names_its_source_licence_and_class_map():
     person = m.accuracy["per_class"]["person"]
     assert person["precision"] >= 0.9 and person["recall"] >= 0.9 and person["ground_truth"] >= 50
     assert m.accuracy["per_class"]["vehicle_any_label"]["recall"] == 1.0
+
+
+def test_int8_model_is_the_same_model_quantised():
+    """models/nanodet-int8: the same source, labels, class map and input as nanodet, half the size,
+    and on the fixture photograph the same people (IoU 0.7 or more each)."""
+    import cv2
+
+    from models.eval_footage import iou
+    fp32, int8 = load_manifest(NANODET), load_manifest(NANODET_INT8)
+    assert sha256_file(int8.model_path) == int8.sha256 and int8.model_path.stat().st_size < 4_500_000
+    assert (int8.labels, int8.class_map, int8.input, int8.format) == (fp32.labels, fp32.class_map, fp32.input, fp32.format)
+    assert int8.source["tarball_sha256"] == fp32.source["tarball_sha256"] and "quantize_static" in int8.source["quantised"]
+    photo = cv2.imread(str(ROOT / "tests" / "data" / "nanodet_input.png"))
+    people = [[d.box for d in Detector(m).detect(photo) if d.label == "person"] for m in (NANODET, NANODET_INT8)]
+    assert len(people[0]) >= 5 and len(people[0]) == len(people[1])
+    assert all(max(iou(a, b) for b in people[1]) >= 0.7 for a in people[0])
+
+
+def test_normalise_in_graph_is_the_manifest_normalisation():
+    """A model whose output is its float input, given pixels: (pixel * scale - mean) / std in the
+    model's channel order, NCHW."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from models.pixel_input import normalise_in_graph
+    canvas = np.random.default_rng(1).integers(0, 256, (1, 4, 5, 3), dtype=np.uint8)
+    mean, std, scale = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0), 1 / 255
+    for rgb in (False, True):
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "t",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 5])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 5])])
+        model = normalise_in_graph(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+                                   mean, std, scale, rgb)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"pixels": canvas})[0]
+        px = canvas[..., ::-1] if rgb else canvas
+        want = ((px.astype(np.float64) * scale - np.array(mean)) / np.array(std)).transpose(0, 3, 1, 2)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert [i.name for i in onnx.load_from_string(model.SerializeToString()).graph.input] == ["pixels"]
 
 
 def _softmax_logits(cells: float, bins: int = 11) -> np.ndarray:
@@ -220,7 +262,8 @@ def _footage_or_skip() -> Path:
     return path
 
 
-def test_accuracy_on_hand_annotated_real_frames_is_what_the_manifest_records():
+@pytest.mark.parametrize("manifest", [NANODET, NANODET_INT8], ids=["fp32", "int8"])
+def test_accuracy_on_hand_annotated_real_frames_is_what_the_manifest_records(manifest):
     """People at least 40 px tall: precision and recall 0.9 or better on the reported frames (none of
     which chose a threshold); the parked van and car found in every frame; the figures the same as
     the manifest's ``accuracy`` (a changed model or threshold must re-record them)."""
@@ -230,14 +273,14 @@ def test_accuracy_on_hand_annotated_real_frames_is_what_the_manifest_records():
     assert not set(annotations["tune"]) & set(annotations["report"])
     report = annotations["report"]
     frames = read_frames(path, report)
-    detector = Detector(NANODET, threads=2)
+    detector = Detector(manifest, threads=2)
     counts = evaluate({i: [(d.label, d.score, d.box) for d in detector.detect(frames[i])] for i in report},
                       annotations, report)
     person, vehicles = counts["person"], counts["vehicle"]
     assert person.tp + person.fn >= 60
     assert person.precision >= 0.9 and person.recall >= 0.9, (person.misses, person.false)
     assert vehicles.recall == 1.0 and vehicles.fp == 0, (vehicles.misses, vehicles.false)
-    recorded = load_manifest(NANODET).accuracy["per_class"]
+    recorded = load_manifest(manifest).accuracy["per_class"]
     assert recorded["person"] == person.figures()
     assert recorded["vehicle_any_label"] == vehicles.figures() and recorded["car"] == counts["car"].figures()
 
