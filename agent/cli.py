@@ -24,12 +24,22 @@ def _load(path: Path):
     return load(path)
 
 
+def _device_checks(config, file: Path) -> list[str]:
+    """What each driver finds wrong with the files its devices name (a camera's model)."""
+    from agent.core.registry import get_driver
+    by_driver: dict[str, list] = {}
+    for device in config.all_devices:
+        by_driver.setdefault(device.driver, []).append(device)
+    return [f"{file}: {problem}" for name, devices in by_driver.items()
+            for problem in get_driver(name).check_devices(devices)]
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return EXIT_CONFIG
     from agent.config import unreadable_files
-    unreadable = unreadable_files(config, args.file)
+    unreadable = unreadable_files(config, args.file) + _device_checks(config, args.file)
     if unreadable:   # the agent would stop at these when it starts
         print(f"config {args.file} has {len(unreadable)} problem(s):", file=sys.stderr)
         for problem in unreadable:

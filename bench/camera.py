@@ -131,7 +131,7 @@ class OracleDetector:
 
 
 def offline(seconds: float, seed: int, fps: float, rates: float, dwell: float, verbose: bool,
-            debug_dir: str | None = None, oracle: bool = False) -> dict[str, Any]:
+            debug_dir: str | None = None, oracle: bool = False, model: str | None = None) -> dict[str, Any]:
     import resource
 
     from drivers.camera.options import Options
@@ -144,6 +144,8 @@ def offline(seconds: float, seed: int, fps: float, rates: float, dwell: float, v
 
     J = Junction()
     entry = junction_camera(J, dwell=dwell)
+    if model:       # another model than the simulated junction's own (the real one: --model nanodet)
+        entry["model"] = model
     options = Options.model_validate({k: v for k, v in entry.items() if k != "id"})
     renderer = JunctionRenderer(J, seed=seed)
     traffic = TrafficModel(J, seed=seed, rates=rates, dwell=dwell, hidden=renderer.hidden_fraction)
@@ -209,7 +211,7 @@ def offline(seconds: float, seed: int, fps: float, rates: float, dwell: float, v
                           "cpu_s_per_frame_ms": round(1000 * (cpu - render_s) / frames, 1),
                           "wall_s": round(wall, 1), "render_s": round(render_s, 1)}
     report(f"offline: {seconds:.0f} s of simulated traffic (seed {seed}) at {fps:g} fps, frames straight into the pipeline"
-           + (", detections = the renderer's true boxes (oracle)" if oracle else ", shipped detector"), result)
+           + (", detections = the renderer's true boxes (oracle)" if oracle else f", model {entry['model']}"), result)
     p = result["pipeline"]
     print(f"  pipeline: {p['frames']} frames, detector ran on {p['detected']} ({p['gated']} skipped by the motion "
           f"gate), detector p50 {p['infer_ms_p50']} ms, frame p95 {p['frame_ms_p95']} ms")
@@ -403,13 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-seconds", type=float, default=20.0, help="static scene CPU sample, seconds")
     parser.add_argument("--restarts", type=int, default=3, help="RTSP server restarts for the recovery time")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--model", help="offline: this model instead of the simulated junction's (vehicles)")
     parser.add_argument("--oracle", action="store_true", help="offline: the renderer's true boxes instead of the model")
     parser.add_argument("--keep", help="rtsp: copy the agent's log and the truth and found violations here")
     parser.add_argument("--debug-dir", help="offline: save every violation's shots with the subject boxed here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.part in ("offline", "all"):
-        offline(args.seconds, args.seed, args.fps, args.rates, args.dwell, args.verbose, args.debug_dir, args.oracle)
+        offline(args.seconds, args.seed, args.fps, args.rates, args.dwell, args.verbose, args.debug_dir, args.oracle,
+                args.model)
     if args.part in ("rtsp", "all"):
         rtsp(args)
     return 0

@@ -1,9 +1,12 @@
 """Detector runtime overhead: ms per frame through ``models.runtime.Detector`` beside bare onnxruntime.
 
-    python bench/detector.py                       # the shipped vehicle model, 1 and 2 threads
+    python bench/detector.py                       # the real model (nanodet), 1 and 2 threads
+    python bench/detector.py --manifest vehicles   # the simulated junction's model
     python bench/detector.py --manifest PATH --threads 2 --frames 40 --rounds 5
 
-Frames are 1280x720 junction scenes from the camera simulator's renderer. For each frame:
+Frames are 1280x720: frames of real footage (vtest.avi of Debian's opencv-doc, 768x576, scaled up;
+``--frames-from sim`` or without the footage: junction scenes from the camera simulator's renderer).
+For each frame:
 
 - ``bare``: ``detector.session.run`` on the already preprocessed input tensor of that frame (the
   model alone; what a hand-written loop around onnxruntime costs at least);
@@ -25,18 +28,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.runtime import Detector  # noqa: E402
-from tests.hardware_sim.junction import Junction, JunctionRenderer, demo_scene  # noqa: E402
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "vehicles" / "manifest.yaml"
+SHIPPED = "nanodet"
 
 
-def frames(n: int) -> list:
+def frames(n: int, source: str = "real") -> tuple[list, str]:
+    """n frames of 1280x720, and where they came from."""
+    if source == "real":
+        import cv2
+
+        from models.eval_footage import footage, read_frames
+        path = footage()
+        if path is not None:
+            got = read_frames(path, list(range(0, 20 * n, 20)))
+            return [cv2.resize(f, (1280, 720), interpolation=cv2.INTER_LINEAR) for f in got.values()], \
+                f"{path.name} scaled to 1280x720"
+    from tests.hardware_sim.junction import Junction, JunctionRenderer, demo_scene
     J = Junction()
     renderer = JunctionRenderer(J, seed=3)
-    return [renderer.render(demo_scene(J, seed=i, t=i * 0.1)) for i in range(n)]
+    return [renderer.render(demo_scene(J, seed=i, t=i * 0.1)) for i in range(n)], "rendered junction scenes"
 
 
-def bench(manifest: Path, threads: int, imgs: list, rounds: int) -> dict:
+def bench(manifest: str | Path, threads: int, imgs: list, rounds: int) -> dict:
     det = Detector(manifest, threads=threads)
     blobs = [det.preprocess(f)[0].copy() for f in imgs]    # a uint8 input is the detector's own canvas
     feeds = [{det.input_name: b, **det.extra_feeds} for b in blobs]
@@ -70,16 +83,17 @@ def bench(manifest: Path, threads: int, imgs: list, rounds: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--manifest", type=Path, default=SHIPPED)
+    ap.add_argument("--manifest", default=SHIPPED, help="a shipped model's name or a manifest path")
+    ap.add_argument("--frames-from", choices=["real", "sim"], default="real")
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args(argv)
-    imgs = frames(args.frames)
+    imgs, where = frames(args.frames, args.frames_from)
     det = Detector(args.manifest)
     m = det.manifest
     print(f"model {m.name or m.file}: {m.format}, input {m.input.width}x{m.input.height}, "
-          f"{m.model_path.stat().st_size / 1e6:.2f} MB; frames 1280x720, {args.frames} x {args.rounds} rounds")
+          f"{m.model_path.stat().st_size / 1e6:.2f} MB; {len(imgs)} frames ({where}), {args.rounds} rounds")
     print(f"{'threads':>7} {'bare ms':>8} {'detector ms':>11} {'overhead':>8}   {'pre':>5} {'infer':>6} {'post':>5} "
           f"{'p90':>6} {'dets/frame':>10}")
     for th in args.threads:

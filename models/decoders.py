@@ -304,9 +304,9 @@ def decode_nanodet(outputs: Sequence[np.ndarray], cfg: DecoderConfig, names: Seq
     if roles is None:
         check_nanodet([o.shape for o in outputs], names, cfg)
     assert roles is not None
-    cls_all = np.concatenate([outputs[c][0] for c, _ in roles])            # (N, C)
     cols = np.asarray(cfg.classes, np.int64) if cfg.classes is not None else None
-    scored = cls_all[:, cols] if cols is not None else cls_all
+    # the class map's columns only, taken per output before joining them (6 of 80: a small copy)
+    scored = np.concatenate([outputs[c][0][:, cols] if cols is not None else outputs[c][0] for c, _ in roles])
     best = scored.max(axis=1)
     keep = np.flatnonzero(best > cfg.score_threshold)
     if not keep.size:
@@ -314,8 +314,15 @@ def decode_nanodet(outputs: Sequence[np.ndarray], cfg: DecoderConfig, names: Seq
     picked = scored[keep].argmax(axis=1)
     ids = cols[picked] if cols is not None else picked
     scores = best[keep]
-    # the box distributions of the kept cells only (a few dozen of several thousand)
-    reg = np.concatenate([outputs[r][0] for _, r in roles])[keep]          # (K, 4 (R+1))
+    # the box distributions of the kept cells only (a few dozen of several thousand), output by
+    # output: keep is sorted, so each output's cells are one run of it
+    parts, start = [], 0
+    for _, r in roles:
+        n = outputs[r].shape[1]
+        lo, hi = np.searchsorted(keep, (start, start + n))
+        parts.append(outputs[r][0][keep[lo:hi] - start])
+        start += n
+    reg = np.concatenate(parts)                                              # (K, 4 (R+1))
     bins = reg.shape[1] // 4
     reg = reg.reshape(-1, 4, bins)
     reg = np.exp(reg - reg.max(axis=2, keepdims=True))

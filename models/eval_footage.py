@@ -45,9 +45,22 @@ def footage(name: str = "vtest.avi") -> Path | None:
     return None
 
 
-def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
+def open_without_stream_options(path: Path):
+    """The file opened without the camera reader's FFmpeg options (drivers/camera/reader.py sets
+    them for the whole process): with ``fflags;nobuffer``, right for a live RTSP stream, FFmpeg
+    starts this MS-MPEG4 file without its key frame and its first seconds decode grey, only the
+    moving parts drawn."""
     import cv2
-    cap = cv2.VideoCapture(str(path))
+    saved = os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+    try:
+        return cv2.VideoCapture(str(path))
+    finally:
+        if saved is not None:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = saved
+
+
+def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
+    cap = open_without_stream_options(path)
     out, index, wanted = {}, 0, set(indices)
     try:
         while len(out) < len(wanted):

@@ -13,8 +13,9 @@ BGR canvas as it is, (1, H, W, 3) uint8:
   scales, so the outputs are the same up to float rounding (~1e-4 on the shipped model's scores).
 
 A non-zero mean cannot be folded into the weights where the convolution pads (the padded border
-would be shifted too), so such models are refused; keep them as they are, the runtime converts
-their input itself. ``models.runtime.Detector`` reads the input's layout and type from the model:
+would be shifted too), so such models are refused by ``embed_pixel_input``; ``normalise_in_graph``
+instead puts the whole conversion in front of the graph as it is (Cast, Sub, Mul, Transpose: exact
+for any mean and std, and one fused pass on onnxruntime's threads instead of the runtime's numpy). ``models.runtime.Detector`` reads the input's layout and type from the model:
 a uint8 input gets the canvas unchanged (``rgb`` in the manifest still names the channel order).
 
     python -m models.pixel_input MODEL.onnx [--out NEW.onnx] [--bgr-trained] [--scale S] [--std R G B]
@@ -78,6 +79,44 @@ def embed_pixel_input(src: str | Path, dst: str | Path, scale: float = 1 / 255,
     graph.node.insert(0, as_float)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
+
+
+def normalise_in_graph(model, mean: tuple[float, float, float], std: tuple[float, float, float],
+                       scale: float = 1.0, rgb: bool = False):
+    """The ONNX model (a ModelProto, changed in place and returned) taking ``pixels``, the
+    letterboxed canvas as (1, H, W, 3) uint8 BGR, in front of its (1, 3, H, W) float input that is
+    ``(pixel * scale - mean) / std`` in BGR (or, ``rgb``, RGB) order: Cast, the channel swap where
+    needed, Sub, Mul and Transpose, nothing folded into weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    old = next(i for i in graph.input if i.name not in initializers)
+    dims = [d.dim_value for d in old.type.tensor_type.shape.dim]
+    if old.type.tensor_type.elem_type != TensorProto.FLOAT or len(dims) != 4 or dims[1] != 3:
+        raise ValueError(f"input {old.name} is not a (1, 3, H, W) float32 tensor")
+    # mean and std are in the model's channel order: the swap (rgb) comes first
+    mean_px = np.asarray(mean, np.float32) / np.float32(scale)
+    factor = np.float32(scale) / np.asarray(std, np.float32)
+    consts = [numpy_helper.from_array(mean_px.reshape(1, 1, 1, 3), "pixels_mean"),
+              numpy_helper.from_array(factor.reshape(1, 1, 1, 3).astype(np.float32), "pixels_factor")]
+    nodes = [helper.make_node("Cast", ["pixels"], ["pixels_float"], to=TensorProto.FLOAT, name="pixels_to_float")]
+    current = "pixels_float"
+    if rgb:
+        consts.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "pixels_rgb"))
+        nodes.append(helper.make_node("Gather", [current, "pixels_rgb"], ["pixels_swapped"], axis=3, name="pixels_to_rgb"))
+        current = "pixels_swapped"
+    nodes += [helper.make_node("Sub", [current, "pixels_mean"], ["pixels_centred"], name="pixels_minus_mean"),
+              helper.make_node("Mul", ["pixels_centred", "pixels_factor"], ["pixels_scaled"], name="pixels_over_std"),
+              helper.make_node("Transpose", ["pixels_scaled"], [old.name], perm=[0, 3, 1, 2], name="pixels_to_nchw")]
+    graph.input.remove(old)
+    graph.input.insert(0, helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, dims[2], dims[3], 3]))
+    graph.initializer.extend(consts)
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:

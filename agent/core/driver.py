@@ -176,6 +176,13 @@ class Driver(ABC):
         listeners on one port ...), one line each naming the device ids. Called by load_config."""
         return []
 
+    def check_devices(self, devices: list["DeviceConfig"]) -> list[str]:
+        """Problems with what the devices' options name that only opening it shows (a camera's
+        model file whose sha256 or outputs are not what its manifest says), one line each naming
+        the device and the file. Called by ``edge-agent check-config`` only: the running agent
+        meets the same problem when it starts that device, reports it failed and runs the rest."""
+        return []
+
     def decode(self, text: str) -> dict[str, Any]:
         """For `edge-agent decode <driver> FRAME`: a frame as a technician pastes it (ASCII or hex)
         decoded to JSON-ready data. Raises ValueError saying what is wrong and where."""

@@ -1,5 +1,5 @@
-"""Camera frames: ``Pipeline.process`` with the shipped model (motion gate, detector, tracker,
-rules of the sample camera), fed images of random shapes, channel counts, dtypes and contents.
+"""Camera frames: ``Pipeline.process`` as the sample camera has it (its model, nanodet; motion gate,
+detector, tracker, rules), fed images of random shapes, channel counts, dtypes and contents.
 
 It runs on the camera's own thread, not on the event loop (no 50 ms budget), and costs a model
 inference per frame (~20-40 ms of one core), so it gets a small share of the inputs.
@@ -29,7 +29,7 @@ DTYPES = ("uint8",) * 12 + ("uint16", "float32", "float64", "int8", "bool", "int
 
 
 class CameraFrame(Target):
-    """Random frames into ``Pipeline.process`` (the shipped vehicles model, the sample camera's
+    """Random frames into ``Pipeline.process`` (the sample camera's model, nanodet, and its
     rules); ValueError only."""
 
     name = "camera.frame"

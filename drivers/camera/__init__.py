@@ -63,6 +63,23 @@ class CameraDriver(Driver):
             seen.setdefault(url, device.id)
         return problems
 
+    def check_devices(self, devices: list["DeviceConfig"]) -> list[str]:
+        """Each camera's model opened as the camera would open it (sha256, output format, class
+        map): a model that would disable the camera at start is named here, with what was expected."""
+        from models.runtime import Detector, ModelError   # late: onnxruntime loads only when asked
+        problems, seen = [], {}
+        for device in devices:
+            model = self.options(device).model
+            if model not in seen:
+                try:
+                    Detector(model, threads=1)
+                    seen[model] = None
+                except ModelError as exc:
+                    seen[model] = str(exc)
+            if seen[model]:
+                problems.append(f"cameras {device.id}: model {model}: {seen[model]}")
+        return problems
+
     def commands(self) -> dict[str, Any]:
         from drivers.camera.commands import snapshot
         return {"camera.snapshot": snapshot}

@@ -64,7 +64,8 @@ def add_cli(subcommands: argparse._SubParsersAction,
 
     det = subcommands.add_parser("detect", help="run the detector on one image and print what it finds as JSON")
     det.add_argument("image", type=Path)
-    det.add_argument("--model", default="vehicles", help="a shipped model name or a manifest path")
+    det.add_argument("--model", default="nanodet",
+                     help="a shipped model name (nanodet: real cameras; vehicles: the simulated junction) or a manifest path")
     det.add_argument("--score", type=float, default=None, help="score threshold (default: the manifest's)")
     det.set_defaults(func=_detect)
 

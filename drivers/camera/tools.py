@@ -115,7 +115,7 @@ def snapshot(camera_config: Any, out_path: str | Path, overlay: bool = True) -> 
     return {"file": str(out), "width": w, "height": h, "rules": len(options.rules)}
 
 
-def detect(image_path: str | Path, manifest: str | Path = "vehicles", threads: int = 1,
+def detect(image_path: str | Path, manifest: str | Path = "nanodet", threads: int = 1,
            score: float | None = None) -> list[dict[str, Any]]:
     """The detector's findings in one image, JSON-ready: [{label, score, box: [x1, y1, x2, y2]}]."""
     from models.runtime import Detector
