@@ -343,3 +343,18 @@ def test_edge_agent_detect_uses_the_real_model_by_default(tmp_path):
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert sim.returncode == 0, sim.stderr
     assert len([d for d in json.loads(sim.stdout) if d["label"] == "person"]) < len(people)
+
+
+def test_a_camera_reading_a_recorded_file_gets_whole_frames_from_the_start():
+    """The reader's live-stream options (fflags;nobuffer) made FFmpeg start vtest.avi without its key
+    frame: its first seconds came out grey, only the moving parts drawn. A file is opened without
+    them; the first frame is the picture, not grey."""
+    path = _footage_or_skip()
+    from drivers.camera.reader import _open
+    cap = _open(str(path), 5.0, 3.0)
+    try:
+        frames = [cap.read()[1] for _ in range(10)]
+    finally:
+        cap.release()
+    grey = [float((np.abs(f.astype(np.int16) - 128) < 3).mean()) for f in frames]
+    assert max(grey) < 0.1, grey
