@@ -154,6 +154,17 @@ def run(fps: float = 10.0, model: str = "nanodet", out: Path | None = None, fram
             cv2.rectangle(image, (b[0], b[1]), (b[2], b[3]), (0, 0, 255), 2)
             cv2.polylines(image, [np.array(ZONE, np.int32)], True, (255, 160, 0), 1)
             cv2.imwrite(str(out / f"walked_in_not_reported_track{k}_t{t - t0:.1f}.jpg"), image)
+        # each identity switch counted: the two moments side by side, the boxes drawn
+        def still(t: float, box: list, colour: tuple) -> Any:
+            image = cv2.imdecode(thumbs[round(t * CLIP_FPS)], cv2.IMREAD_COLOR)
+            cv2.rectangle(image, (box[0], box[1]), (box[2], box[3]), colour, 2)
+            return image
+        for e in switches["breaks"]:
+            pair = np.hstack([still(e["t"], e["box"], (0, 0, 255)), still(e["t_new"], e["box_new"], (0, 255, 0))])
+            cv2.imwrite(str(out / f"break_track{e['ended']}_to{e['taken_up_by']}_t{e['t']:.1f}.jpg"), pair)
+        for e in switches["jumps"]:
+            pair = np.hstack([still(e["t_from"], e["from"], (0, 0, 255)), still(e["t"], e["to"], (0, 255, 0))])
+            cv2.imwrite(str(out / f"jump_track{e['track']}_t{e['t']:.1f}.jpg"), pair)
     return result
 
 
@@ -177,12 +188,14 @@ def identity_switches(tracks: dict[int, list], w: int, h: int) -> dict[str, list
             if j == k or not 0 < t_start - t_end <= 1.5:
                 continue
             if math.dist(_feet(box), _feet(box2)) <= 0.6 * _height(box) and abs(_height(box2) / _height(box) - 1) < 0.5:
-                breaks.append({"ended": k, "t": round(t_end % 1000, 1), "taken_up_by": j, "box": [round(v) for v in box]})
+                breaks.append({"ended": k, "t": round(t_end % 1000, 1), "taken_up_by": j, "box": [round(v) for v in box],
+                               "t_new": round(t_start % 1000, 1), "box_new": [round(v) for v in box2]})
                 break
     for k, obs in tracks.items():
         for (ta, a, *_), (tb, b, *_) in zip(obs, obs[1:]):
             if tb - ta <= 0.5 and math.dist(_feet(a), _feet(b)) > 0.5 * _height(a):
-                jumps.append({"track": k, "t": round(tb % 1000, 1), "from": [round(v) for v in a], "to": [round(v) for v in b]})
+                jumps.append({"track": k, "t": round(tb % 1000, 1), "from": [round(v) for v in a], "to": [round(v) for v in b],
+                              "t_from": round(ta % 1000, 1)})
     return {"breaks": breaks, "jumps": jumps}
 
 

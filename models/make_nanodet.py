@@ -39,9 +39,13 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
+
+if TYPE_CHECKING:
+    import onnx
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -187,7 +191,7 @@ def make_reference(model_json: Path, work: Path) -> None:
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes): outputs of TensorFlow.js {TFJS.split('@')[-1]}")
 
 
-def make_int8(fp32: "onnx.ModelProto", manifest_path: Path, out_dir: Path, work: Path) -> Path:
+def make_int8(fp32: onnx.ModelProto, manifest_path: Path, out_dir: Path, work: Path) -> Path:
     """The int8 model and its manifest, from the float32 graph (weights not stored as fp16)."""
     import math
 

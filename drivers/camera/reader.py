@@ -231,7 +231,14 @@ def _open(url: str, open_timeout: float, read_timeout: float) -> cv2.VideoCaptur
         os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") or FFMPEG_OPTIONS
         if urlsplit(url).scheme in ("rtsp", "rtsps", "http", "https"):
             return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
-        return cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        # a recorded file: the stream options are for live streams, and with fflags;nobuffer
+        # FFmpeg starts some files (MS-MPEG4 AVI: opencv-doc's vtest.avi) without their key frame,
+        # so their first seconds decode grey with only the moving parts drawn
+        saved = os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+        try:
+            return cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        finally:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = saved
 
 
 # -- probe: why could the stream not be opened? -----------------------------------------------------
