@@ -281,3 +281,17 @@ async def test_an_answer_of_an_impossible_size_fails_the_poll_as_the_controllers
     answers.update({o.stage_remaining(1): b"\x00\x05"})
     status = await link.read_status()
     assert status.extra["run_mode"] == "local_fixed_time" and status.extra["stage_remaining_s"] == 5
+
+
+@sync
+async def test_a_stage_that_does_not_serve_the_phase_is_refused_before_anything_is_set(gbsim):
+    sink = ReportingSink()
+    # the simulator's stage 1 is phases 2 and 6, stage 2 phases 4 and 8: phase 4 -> stage 1 is wrong
+    async with running(gb_device(gbsim, preempts={2: 1, 4: 1}), sink) as runner:
+        await until(lambda: latest(sink, "phase2") is not None, 5)
+        assert runner.link.layout.stages == {1: (2, 6)}
+        with pytest.raises(Refused, match=r"stage 1 serves phase\(s\) 2, 6, not 4 as"):
+            await runner.request_priority(DEVICE, 4, duration_s=2)
+        assert gbsim.log == [] and gbsim.held_stage is None
+        grant = await runner.request_priority(DEVICE, 2, duration_s=2)   # the right one is held
+        assert grant.preempt == 1 and gbsim.held_stage == 1
