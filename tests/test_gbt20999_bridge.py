@@ -223,8 +223,8 @@ async def test_traps_become_events_and_heartbeats_are_sent(gbsim):
     sink = ReportingSink()
     async with running(gb_device(gbsim, connection={"heartbeat": "1s"}), sink) as runner:
         await until(lambda: latest(sink, "phase2") is not None, 5)
-        assert gbsim.send_trap([(bytes((15, 2, 2, 1)), b"\x10")]) == 1     # an alarm (class 15)
-        assert gbsim.send_trap([(bytes((13, 2, 4, 1)), b"\x02")]) == 1     # a stage report: counted only
+        assert gbsim.send_trap([(bytes((15, 2, 2, 1)), b"\x10")]) == 2     # an alarm (class 15): our UDP port, and the serial line
+        assert gbsim.send_trap([(bytes((13, 2, 4, 1)), b"\x02")]) == 2     # a stage report: counted only
         await until(lambda: runner.stats()[DEVICE]["protocol"]["traps"] == 2, 2)
         alarm = events(sink, "signal.controller_alarm")
         assert len(alarm) == 1 and alarm[0]["values"][0]["class"] == 15 and alarm[0]["values"][0]["raw"] == "10"
