@@ -132,6 +132,14 @@ def _text(raw: bytes) -> str:
     return raw.rstrip(b"\x00").decode("utf-8", "replace")
 
 
+def _version(raw: bytes) -> dict[str, int] | None:
+    """Device version: 4 bytes, hardware (2) then software (2) (RVDataFusionServer's table of the
+    standard's objects: "高两个字节代表硬件版本,低两个字节代表软件版本")."""
+    if len(raw) != 4:
+        return None
+    return {"hardware": uint(raw[:2]), "software": uint(raw[2:])}
+
+
 def _date(raw: bytes) -> str | None:
     """Year (2 bytes), month, day[, hour, minute, second] as the captured device sends dates."""
     if len(raw) < 4:
@@ -146,7 +154,7 @@ def _date(raw: bytes) -> str | None:
 # (class, object, attribute) -> (name, decoder of the value bytes)
 KNOWN: dict[tuple[int, int, int], tuple[str, Callable[[bytes], Any]]] = {
     (1, 1, 0): ("manufacturer", _text),
-    (1, 2, 0): ("device_version", _text),
+    (1, 2, 0): ("device_version", _version),
     (1, 3, 0): ("device_number", _text),
     (1, 4, 0): ("manufacture_date", _date),
     (1, 5, 0): ("install_date", _date),
