@@ -5,7 +5,12 @@ the element the row (lamp group g, phase p, stage s, road r, detector d); attrib
 number itself. Values are big-endian. Sources as in :mod:`.codec`; the captured device's answers
 (``protocol_catalog.json``) fixed the bitmap layout: phase 1's lamp groups answer
 ``00 00 00 00 00 00 00 01`` (lamp group 1) and stage 1's phases ``... 00 0f`` (phases 1-4), so an
-8-byte bitmap is one big-endian 64-bit number whose bit n-1 stands for number n.
+8-byte bitmap is one big-endian 64-bit number whose bit n-1 stands for number n
+(RVDataFusionServer: "按位标示bit0:1 bit63:64").
+
+Sizes differ between sources: RVDataFusionServer lists a stage's elapsed and remaining time as
+4 bytes, the captured device sends 2 (``00 05``). Numbers are read as big-endian integers of
+1 to 4 bytes, whatever their size.
 """
 
 from __future__ import annotations
