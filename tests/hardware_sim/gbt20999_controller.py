@@ -46,7 +46,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.hardware_sim.signal_controller import DEFAULT_PLAN, PLANS, Controller, Plan, ThreadedSignalSim, _hostport
+from tests.hardware_sim.signal_controller import (
+    DEFAULT_PLAN, PLANS, Controller, Plan, ThreadedSignalSim, _hostport, serve_until_interrupted,
+)
 
 RUN_MODES = set(range(0x11, 0x16)) | set(range(0x21, 0x26)) | {0x31, 0x32, 0x33}
 PED_GROUP = 32
@@ -433,8 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                       echo_seq=args.echo_seq)
     sim.fault = args.fault
 
-    async def serve() -> None:
-        await sim.start()
+    def started() -> None:
         if sim.udp_address:
             print(f"GB/T 20999 udp {sim.udp_address[0]}:{sim.udp_address[1]} (unescaped frames)", flush=True)
         if sim.tcp_address:
@@ -443,23 +444,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"GB/T 20999 serial {sim.serial_path} (escaped frames)", flush=True)
         stages = ", ".join(f"stage {s}: phases {'+'.join(map(str, st.phases))}" for s, st in enumerate(sim.plan.stages, 1))
         print(f"plan {args.plan}: cycle {sim.plan.cycle:g}s; {stages}; road 1", flush=True)
-        last = None
-        try:
-            while True:
-                view = sim.view()
-                shown = (view.mode, view.vehicles, sim.run_mode, sim.held_stage)
-                if shown != last:
-                    lights = " ".join(f"{p}:{c}" for p, c in view.vehicles.items())
-                    print(f"{time.strftime('%H:%M:%S')} mode {sim.run_mode:#04x} {view.mode:5} {lights}"
-                          + (f"  held stage {sim.held_stage}" if sim.held_stage else ""), flush=True)
-                    last = shown
-                await asyncio.sleep(0.1)
-        finally:
-            await sim.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    return 0
+    def shown() -> str:
+        view = sim.view()
+        lights = " ".join(f"{p}:{c}" for p, c in view.vehicles.items())
+        return (f"mode {sim.run_mode:#04x} {view.mode:5} {lights}"
+                + (f"  held stage {sim.held_stage}" if sim.held_stage else ""))
+
+    return serve_until_interrupted(sim, started, shown)
 
 
 if __name__ == "__main__":
