@@ -102,3 +102,35 @@ def test_run_for_waits_for_real_io_between_wakes():
             await clock.run_for(1.0, within=0.2)
 
     asyncio.run(scenario())
+
+
+def test_system_wait_for_never_swallows_a_cancellation():
+    """asyncio.wait_for on Python 3.11 returns the awaitable's result when it finished in the same
+    step the caller was cancelled (CPython gh-86296): a loop around it (the signal priority
+    watchdog, poked just before its runner was cancelled) then never ended. Clock.wait_for must
+    let the cancellation through."""
+    async def scenario() -> str:
+        event = asyncio.Event()
+
+        async def watchdog() -> None:
+            while True:
+                try:
+                    await SYSTEM.wait_for(event.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                event.clear()
+
+        task = asyncio.create_task(watchdog())
+        await asyncio.sleep(0.01)
+        event.set()                 # poked ...
+        await asyncio.sleep(0)      # ... the event's waiter is done ...
+        task.cancel()               # ... when the cancellation lands
+        try:
+            await asyncio.wait_for(task, 2)
+        except asyncio.CancelledError:
+            return "cancelled"
+        except TimeoutError:
+            return "the cancellation was swallowed"
+        return "ended"
+
+    assert asyncio.run(scenario()) == "cancelled"

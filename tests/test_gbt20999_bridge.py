@@ -19,6 +19,7 @@ from firmware_bridges.signal_controller.errors import ControllerOffline, Refused
 from firmware_bridges.signal_controller.runner import SignalRunner
 from tests.fakes import until
 from tests.hardware_sim.gbt20999_controller import Gbt20999Sim
+from tests.hardware_sim.pty import PtyPair
 from tests.hardware_sim.signal_controller import FAST_PLAN, ThreadedSignalSim
 from tests.test_signal_controller import PHASES, ReportingSink, expected_colours, running
 
@@ -38,18 +39,23 @@ def sync(test: Any) -> Any:
 
 def gb_device(sim: ThreadedSignalSim, transport: str = "udp", *, poll: str = "100ms", preempts: Any = None,
               connection: dict[str, Any] | None = None, **priority: Any) -> DeviceConfig:
-    port = sim.udp_address[1] if transport == "udp" else sim.tcp_address[1]
+    if transport == "serial":
+        where: dict[str, Any] = {"serial": {"port": sim.agent_port, "baudrate": 115200}}
+    else:
+        where = {"host": "127.0.0.1", "port": sim.udp_address[1] if transport == "udp" else sim.tcp_address[1],
+                 "local_port": 0}
     return DeviceConfig.model_validate({
         "id": DEVICE, "driver": "signal_controller", "protocol": "gbt20999", "poll": poll,
-        "connection": {"transport": transport, "host": "127.0.0.1", "port": port, "local_port": 0,
-                       "timeout": "200ms", "heartbeat": 0, **(connection or {})},
+        "connection": {"transport": transport, **where, "timeout": "200ms", "heartbeat": 0, **(connection or {})},
         "phases": PHASES, "offline_after": 2, "backoff": {"initial": "100ms", "max": "300ms"}, "detectors": [2, 4],
         "priority": {"preempt": preempts or {2: 1, 4: 2}, "min_duration": "1s", "max_duration": "5s", **priority}})
 
 
 @pytest.fixture
 def gbsim() -> Iterator[ThreadedSignalSim]:
-    with Gbt20999Sim(FAST_PLAN, udp=("127.0.0.1", 0), tcp=("127.0.0.1", 0)).run_in_thread() as s:
+    with PtyPair() as pty, Gbt20999Sim(FAST_PLAN, udp=("127.0.0.1", 0), tcp=("127.0.0.1", 0),
+                                       serial=pty.sim_port).run_in_thread() as s:
+        s.agent_port = pty.agent_port   # the agent's end of the serial line
         yield s
 
 
@@ -67,7 +73,7 @@ def held_phase(sim: ThreadedSignalSim) -> int:
     return 4 if sim.view().vehicles[2] == "green" else 2
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "serial"])
 @pytest.mark.parametrize("echo_seq", [False, True], ids=["seq+1", "echo"])
 @sync
 async def test_phases_and_stage_follow_the_plan_with_the_ntcip_point_names(gbsim, transport, echo_seq):
@@ -128,7 +134,7 @@ async def test_a_refused_hold_is_a_device_error_and_changes_nothing(gbsim):
     assert issubclass(DeviceRefused, Refused) and not issubclass(DeviceRefused, (ValueError, ConnectionError))
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "serial"])
 @sync
 async def test_a_held_stage_shows_and_the_mode_and_plan_come_back_at_expiry(gbsim, transport):
     sink = ReportingSink()
@@ -186,7 +192,7 @@ async def test_the_mode_comes_back_on_release_centre_silence_and_shutdown(gbsim,
     assert reason == {"release": "released", "centre_silent": "centre_silent", "shutdown": "shutdown"}[how]
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "serial"])
 @sync
 async def test_a_link_lost_during_the_hold_gets_its_plan_back_as_soon_as_it_returns(gbsim, transport):
     sink = ReportingSink()
@@ -217,8 +223,8 @@ async def test_traps_become_events_and_heartbeats_are_sent(gbsim):
     sink = ReportingSink()
     async with running(gb_device(gbsim, connection={"heartbeat": "1s"}), sink) as runner:
         await until(lambda: latest(sink, "phase2") is not None, 5)
-        assert gbsim.send_trap([(bytes((15, 2, 2, 1)), b"\x10")]) == 1     # an alarm (class 15)
-        assert gbsim.send_trap([(bytes((13, 2, 4, 1)), b"\x02")]) == 1     # a stage report: counted only
+        assert gbsim.send_trap([(bytes((15, 2, 2, 1)), b"\x10")]) == 2     # an alarm (class 15): our UDP port, and the serial line
+        assert gbsim.send_trap([(bytes((13, 2, 4, 1)), b"\x02")]) == 2     # a stage report: counted only
         await until(lambda: runner.stats()[DEVICE]["protocol"]["traps"] == 2, 2)
         alarm = events(sink, "signal.controller_alarm")
         assert len(alarm) == 1 and alarm[0]["values"][0]["class"] == 15 and alarm[0]["values"][0]["raw"] == "10"
@@ -281,3 +287,17 @@ async def test_an_answer_of_an_impossible_size_fails_the_poll_as_the_controllers
     answers.update({o.stage_remaining(1): b"\x00\x05"})
     status = await link.read_status()
     assert status.extra["run_mode"] == "local_fixed_time" and status.extra["stage_remaining_s"] == 5
+
+
+@sync
+async def test_a_stage_that_does_not_serve_the_phase_is_refused_before_anything_is_set(gbsim):
+    sink = ReportingSink()
+    # the simulator's stage 1 is phases 2 and 6, stage 2 phases 4 and 8: phase 4 -> stage 1 is wrong
+    async with running(gb_device(gbsim, preempts={2: 1, 4: 1}), sink) as runner:
+        await until(lambda: latest(sink, "phase2") is not None, 5)
+        assert runner.link.layout.stages == {1: (2, 6)}
+        with pytest.raises(Refused, match=r"stage 1 serves phase\(s\) 2, 6, not 4 as"):
+            await runner.request_priority(DEVICE, 4, duration_s=2)
+        assert gbsim.log == [] and gbsim.held_stage is None
+        grant = await runner.request_priority(DEVICE, 2, duration_s=2)   # the right one is held
+        assert grant.preempt == 1 and gbsim.held_stage == 1

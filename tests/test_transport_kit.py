@@ -487,6 +487,40 @@ def test_udp_deframes_each_datagram_on_its_own_and_answers_its_sender():
     asyncio.run(scenario())
 
 
+def test_udp_link_to_lets_a_bridge_speak_first_and_hears_the_answer_on_the_same_link():
+    """A centre polling a device (GB/T 20999) sends before it has heard anything: link_to makes the
+    link (and its session) for the device's address; the answer comes back through it."""
+    async def scenario() -> None:
+        family = Family()
+        loop = asyncio.get_running_loop()
+        got: list[bytes] = []
+
+        class Device(asyncio.DatagramProtocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                got.append(data)
+                if data.startswith(b"Q"):                           # a query: answered to its sender
+                    self.transport.sendto(b"F" + data[1:], addr)
+
+        device, _ = await loop.create_datagram_endpoint(Device, local_addr=("127.0.0.1", 0))
+        address = device.get_extra_info("sockname")[:2]
+        udp = UdpPort("127.0.0.1", 0, family)
+        assert udp.link_to(address) is None                   # not bound yet
+        async with Serving(udp):
+            await until(lambda: udp.port)
+            link = udp.link_to(address)
+            assert link is not None and udp.link_to(address) is link and len(udp.links) == 1
+            link.send(b"Qpoll\n")
+            await until(lambda: family.frames)                  # the answer, through the same link's session
+            assert got[0] == b"Qpoll\n" and family.frames[0][1] == b"Fpoll"
+            assert len(udp.links) == 1 and udp.stats.accepted == 1
+        device.close()
+
+    asyncio.run(scenario())
+
+
 # -- serial ---------------------------------------------------------------------------------------
 
 def _sim_open(path: str) -> int:

@@ -139,6 +139,9 @@ class PriorityManager:
                 raise PriorityRefused(f"{self.device_id}: phase {held.grant.phase} holds priority until "
                                       f"{_iso(held.grant.expires_ms)}; release it before asking for phase {phase}")
             number = config.preempts[phase]
+            check = getattr(self.link, "check_request", None)   # a link that can tell a wrong mapping (GB/T 20999)
+            if check is not None:
+                check(number, phase)
             await self._assert(number, phase)
             now, wall = self.clock.monotonic(), self.clock.now_ms()
             self._last_heard = now   # a request is the centre talking

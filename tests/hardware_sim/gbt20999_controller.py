@@ -5,6 +5,9 @@ the same fixed-time plan, so it stays in step with the camera simulator) and ser
 Chinese controller does: lamp-group states, phases, stages, run mode, plan, detectors; a centre
 may hold a stage (11.01.02.r), set the run mode (11.01.04.r) and the plan (11.01.03.r).
 
+On RS-232 (``serial=``, the simulator's end of a :class:`tests.hardware_sim.pty.PtyPair`) it
+answers escaped frames, as on TCP.
+
 Its frame code is written here on its own, from the frame layout (not imported from the bridge),
 so a bug in the bridge's codec cannot hide behind the same bug here. Like the captured device
 (东土正创) it answers with seq + 1 by default, and 11.02/11.03/11.04 "does not exist".
@@ -36,13 +39,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import struct
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.hardware_sim.signal_controller import DEFAULT_PLAN, PLANS, Controller, Plan, ThreadedSignalSim, _hostport
+from tests.hardware_sim.signal_controller import (
+    DEFAULT_PLAN, PLANS, Controller, Plan, ThreadedSignalSim, _hostport, serve_until_interrupted,
+)
 
 RUN_MODES = set(range(0x11, 0x16)) | set(range(0x21, 0x26)) | {0x31, 0x32, 0x33}
 PED_GROUP = 32
@@ -125,11 +131,15 @@ def unescape_stream(buffer: bytearray) -> list[bytes]:
 
 class Gbt20999Sim:
     def __init__(self, plan: Plan = DEFAULT_PLAN, *, udp: tuple[str, int] | None = ("127.0.0.1", 0),
-                 tcp: tuple[str, int] | None = None, clock: Callable[[], float] = time.time,
+                 tcp: tuple[str, int] | None = None, serial: str | None = None,
+                 clock: Callable[[], float] = time.time,
                  echo_seq: bool = False, plans: tuple[int, ...] = (1, 2)):
         stages = {s: stage.phases[0] for s, stage in enumerate(plan.stages, 1)}
         self.controller = Controller(plan, stages, clock)
         self.udp_bind, self.tcp_bind = udp, tcp
+        self.serial_path = serial          # the simulator's end of a pty pair (RS-232: escaped frames)
+        self._serial_fd: int | None = None
+        self._serial_buffer = bytearray()
         self.echo_seq = echo_seq
         self.plans = plans
         self.fault: str | None = None
@@ -305,6 +315,9 @@ class Gbt20999Sim:
         for writer in list(self._writers):
             writer.write(escape(raw))
             sent += 1
+        if self._serial_fd is not None:
+            os.write(self._serial_fd, escape(raw))
+            sent += 1
         return sent
 
     # -- link faults ----------------------------------------------------------------------------
@@ -343,7 +356,24 @@ class Gbt20999Sim:
         if self.tcp_bind:
             self._tcp = await asyncio.start_server(self._serve_tcp, *self.tcp_bind)
             self.tcp_address = self._tcp.sockets[0].getsockname()[:2]
+        if self.serial_path:
+            self._serial_fd = os.open(self.serial_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            loop.add_reader(self._serial_fd, self._serial_readable)
         return self
+
+    def _serial_readable(self) -> None:
+        assert self._serial_fd is not None
+        try:
+            data = os.read(self._serial_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            return          # the other end closed: keep the port, it may come back
+        self._serial_buffer += data
+        for raw in unescape_stream(self._serial_buffer):
+            reply = None if self._cut else self.answer(raw)
+            if reply:
+                os.write(self._serial_fd, reply if self.fault == "garbage" else escape(reply))
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
@@ -368,6 +398,10 @@ class Gbt20999Sim:
             writer.transport.abort()
 
     async def stop(self) -> None:
+        if self._serial_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._serial_fd)
+            os.close(self._serial_fd)
+            self._serial_fd = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -390,40 +424,34 @@ def main(argv: list[str] | None = None) -> int:
                     "lamp groups, stages, run mode and plan over UDP and TCP; a centre may hold a stage.")
     parser.add_argument("--udp", default="127.0.0.1:4050", help="UDP host:port, or 'off' (default %(default)s)")
     parser.add_argument("--tcp", default="127.0.0.1:8881", help="TCP host:port, or 'off' (default %(default)s)")
+    parser.add_argument("--serial", metavar="PATH", help="also serve RS-232 on this serial port (or a pty's end)")
     parser.add_argument("--plan", choices=sorted(PLANS), default="default", help="timing plan (default %(default)s)")
     parser.add_argument("--echo-seq", action="store_true", help="echo the sequence number (default: seq + 1, "
                         "as the captured device answers)")
     parser.add_argument("--fault", choices=("silent", "error", "garbage", "bad_crc"), help="start with this fault")
     args = parser.parse_args(argv)
     sim = Gbt20999Sim(PLANS[args.plan], udp=None if args.udp == "off" else _hostport(args.udp),
-                      tcp=None if args.tcp == "off" else _hostport(args.tcp), echo_seq=args.echo_seq)
+                      tcp=None if args.tcp == "off" else _hostport(args.tcp), serial=args.serial,
+                      echo_seq=args.echo_seq)
     sim.fault = args.fault
 
-    async def serve() -> None:
-        await sim.start()
+    def started() -> None:
         if sim.udp_address:
             print(f"GB/T 20999 udp {sim.udp_address[0]}:{sim.udp_address[1]} (unescaped frames)", flush=True)
         if sim.tcp_address:
             print(f"GB/T 20999 tcp {sim.tcp_address[0]}:{sim.tcp_address[1]} (escaped frames)", flush=True)
+        if sim.serial_path:
+            print(f"GB/T 20999 serial {sim.serial_path} (escaped frames)", flush=True)
         stages = ", ".join(f"stage {s}: phases {'+'.join(map(str, st.phases))}" for s, st in enumerate(sim.plan.stages, 1))
         print(f"plan {args.plan}: cycle {sim.plan.cycle:g}s; {stages}; road 1", flush=True)
-        last = None
-        try:
-            while True:
-                view = sim.view()
-                shown = (view.mode, view.vehicles, sim.run_mode, sim.held_stage)
-                if shown != last:
-                    lights = " ".join(f"{p}:{c}" for p, c in view.vehicles.items())
-                    print(f"{time.strftime('%H:%M:%S')} mode {sim.run_mode:#04x} {view.mode:5} {lights}"
-                          + (f"  held stage {sim.held_stage}" if sim.held_stage else ""), flush=True)
-                    last = shown
-                await asyncio.sleep(0.1)
-        finally:
-            await sim.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    return 0
+    def shown() -> str:
+        view = sim.view()
+        lights = " ".join(f"{p}:{c}" for p, c in view.vehicles.items())
+        return (f"mode {sim.run_mode:#04x} {view.mode:5} {lights}"
+                + (f"  held stage {sim.held_stage}" if sim.held_stage else ""))
+
+    return serve_until_interrupted(sim, started, shown)
 
 
 if __name__ == "__main__":

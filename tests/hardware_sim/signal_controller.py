@@ -657,8 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                               modbus=None if args.modbus == "off" else _hostport(args.modbus),
                               community=args.community, v3_user=v3)  # type: ignore[arg-type]
 
-    async def serve() -> None:
-        await sim.start()
+    def started() -> None:
         if sim.snmp:
             print(f"SNMP   udp {sim.snmp_address[0]}:{sim.snmp_address[1]}  community {args.community!r}"
                   + (f", v3 user {v3[0]!r} (SHA)" if v3 else ""), flush=True)
@@ -666,16 +665,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Modbus tcp {sim.modbus_address[0]}:{sim.modbus_address[1]}  unit 1, profile signal_io_module",
                   flush=True)
         print(f"plan {args.plan}: cycle {sim.plan.cycle:g}s; preempt 1 -> phase 2, preempt 2 -> phase 4", flush=True)
+
+    def shown() -> str:
+        view = sim.view()
+        lights = " ".join(f"{p}:{c}" for p, c in view.vehicles.items())
+        peds = " ".join(f"ped{p}:{s}" for p, s in view.peds.items())
+        return f"{view.mode:5} {lights}  {peds}"
+
+    return serve_until_interrupted(sim, started, shown)
+
+
+def serve_until_interrupted(sim: Any, started: Callable[[], None], shown: Callable[[], str]) -> int:
+    """A simulator's command line: start it, say where it listens, print a line each time what
+    it shows changes, stop it on Ctrl-C."""
+    async def serve() -> None:
+        await sim.start()
+        started()
         last = None
         try:
             while True:
-                view = sim.view()
-                shown = (view.mode, view.vehicles, view.peds)
-                if shown != last:
-                    lights = " ".join(f"{p}:{c}" for p, c in view.vehicles.items())
-                    peds = " ".join(f"ped{p}:{s}" for p, s in view.peds.items())
-                    print(f"{time.strftime('%H:%M:%S')} {view.mode:5} {lights}  {peds}", flush=True)
-                    last = shown
+                line = shown()
+                if line != last:
+                    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+                    last = line
                 await asyncio.sleep(0.1)
         finally:
             await sim.stop()

@@ -6,7 +6,7 @@ Modules, one job each:
 - :mod:`.codec`    frame layout, CRC, escaping, build, strict parse, datagram and stream framers
 - :mod:`.objects`  the objects read and set (class.object.attribute.element) and their values
 - :mod:`.decode`   `edge-agent decode gbt20999 HEX` for technicians
-- :mod:`.client`   requests and answers over the transport kit (UDP, TCP): matching, heartbeats, traps
+- :mod:`.client`   requests and answers over the transport kit (UDP, TCP, RS-232): matching, heartbeats, traps
 - :mod:`.link`     the runner's link: polls state into phase colours, holds a stage and restores the
                    controller's own run mode and plan
 """

@@ -25,7 +25,7 @@ from typing import Any
 from agent.core.backoff import Backoff
 from agent.core.boundary import boundary
 from agent.core.clock import SYSTEM, Clock
-from agent.core.transport import Limits, TcpDialer, TransportStats, UdpPort
+from agent.core.transport import Limits, SerialTransport, TcpDialer, TransportStats, UdpPort
 from agent.core.transport.contract import Link
 from firmware_bridges.signal_controller.errors import NoAnswer, Refused
 from firmware_bridges.signal_controller.gbt20999 import codec
@@ -120,6 +120,10 @@ class Gbt20999Client:
         if c.transport == "udp":
             self.transport: Any = UdpPort(c.local_host, c.local_port, self, limits=limits, backoff=backoff,
                                           clock=clock, stats=self.transport_stats)
+        elif c.transport == "serial":
+            assert c.serial is not None
+            self.transport = SerialTransport(c.serial, self, limits=limits, backoff=backoff, clock=clock,
+                                             stats=self.transport_stats)
         else:
             self.transport = TcpDialer(c.host, c.port, self, limits=limits, backoff=backoff, clock=clock,
                                        stats=self.transport_stats, connect_timeout=max(1.0, 4 * c.timeout))
@@ -156,8 +160,6 @@ class Gbt20999Client:
     def close(self) -> None:
         if isinstance(self.transport, UdpPort):
             self.transport.close()
-        elif self.transport.link is not None:
-            self.transport.link.close("the runner closed")
         self._fail_pending(NoAnswer(f"{self.name}: closed"))
 
     # -- requests --------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class Gbt20999Client:
             link = await self._link()
             seq = next(self._seq) & 0xFF
             frame = Frame(frame_type, tuple(values), seq, c.centre_id, c.controller_id, c.road_id, c.version)
-            data = codec.build(frame, escaped=c.transport == "tcp")
+            data = codec.build(frame, escaped=c.transport != "udp")
             answer: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
             self._pending = _Pending(_REPLIES[frame_type], frozenset(v.ids for v in values), answer)
             self.stats.requests += 1
@@ -255,7 +257,7 @@ class Gbt20999Client:
             self.stats.heartbeats_answered += 1
             reply = Frame(FrameType.HEARTBEAT_REPLY, (), item.seq, c.centre_id, c.controller_id, c.road_id,
                           c.version)
-            link.send(codec.build(reply, escaped=c.transport == "tcp"))
+            link.send(codec.build(reply, escaped=c.transport != "udp"))
             return
         pending = self._pending
         if pending is None or pending.answer.done() or kind not in pending.replies or not self._matches(pending, item):
@@ -274,7 +276,7 @@ class Gbt20999Client:
         return ids == pending.ids
 
     def _link_closed(self, link: Link) -> None:
-        if self.connection.transport == "tcp":
+        if self.connection.transport != "udp":   # a TCP connection or the serial port went
             self._fail_pending(NoAnswer(f"{self.name}: the connection was lost"))
 
     def _fail_pending(self, exc: Exception) -> None:

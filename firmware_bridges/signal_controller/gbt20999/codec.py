@@ -77,8 +77,10 @@ class FrameType(IntEnum):
     HEARTBEAT_REPLY = 0x80
 
 
-# One tool written against the same device (20999-test-first, protocol.py) answers heartbeats with
-# 0x71; OpenATC with 0x80. A client accepts both; the simulator answers 0x80.
+# Heartbeat reply: 0x80 in OpenATC and in RVDataFusionServer's conventions (a reply is the
+# request's type + 0x10, an error reply + 0x11); the tool written against the captured device
+# (20999-test-first, protocol.py) uses 0x71, with no captured heartbeat to settle it. A client
+# accepts both; the simulator answers 0x80.
 HEARTBEAT_REPLY_ALT = 0x71
 HEARTBEAT_REPLIES = frozenset((FrameType.HEARTBEAT_REPLY, HEARTBEAT_REPLY_ALT))
 ERROR_TYPES = frozenset((FrameType.QUERY_ERROR, FrameType.SET_ERROR))

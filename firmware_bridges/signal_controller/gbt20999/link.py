@@ -10,8 +10,9 @@ when the stage changed. ``phase<n>`` is the colour of the phase's vehicle lamp g
 ``ped<n>`` that of its pedestrian groups, with the NTCIP path's names and values.
 
 **Holding a stage** (:meth:`Gbt20999Link.set_preempt`, called by the priority manager with the
-stage configured for the phase). No GB/T 20999 control object carries a duration, and the
-priority status tables (08.03, 08.06) are read-only, so the agent owns the hold:
+stage configured for the phase, after :meth:`Gbt20999Link.check_request` made sure, from the
+stage table 06.02.02.s, that the stage serves that phase). No GB/T 20999 control object carries
+a duration, and the priority status tables (08.03, 08.06) are read-only, so the agent owns the hold:
 
 1. before the first hold the road's run mode and plan are read and kept (audited: ``saved``);
 2. where the controller needs it (``hold_mode``), the specified run mode is set (11.01.04.r),
@@ -74,6 +75,7 @@ def lamp_of(states: list[int], table: dict[int, str]) -> Lamp:
 class Layout:
     vehicle: dict[int, tuple[int, ...]]   # phase -> its vehicle lamp groups
     ped: dict[int, tuple[int, ...]]       # phase -> its pedestrian lamp groups
+    stages: dict[int, tuple[int, ...]] | None = None   # configured stage -> its phases (None: not readable)
 
     @property
     def groups(self) -> list[int]:
@@ -111,6 +113,9 @@ class Gbt20999Link(PollLoop):
         self.saved: tuple[int, int] | None = None   # (run mode, plan) before the hold
         self.held_stage: int | None = None
         self.heartbeat_failures = 0
+        self.stage_phases: dict[int, list[int]] = {}   # stage -> the phases priority.preempt holds it for
+        for phase, stage in (options.priority.preempts.items() if options.priority else ()):
+            self.stage_phases.setdefault(stage, []).append(phase)
         self._transport: asyncio.Task[None] | None = None
 
     @property
@@ -134,7 +139,26 @@ class Gbt20999Link(PollLoop):
         vehicle = {p: tuple(g for g in groups_of[p] if kind[g] in (1, 2)) for p in self.phases}
         ped = {p: tuple(g for g in groups_of[p] if kind[g] == 3) for p in self.peds}
         log.info("%s: lamp groups by phase: vehicle %s, pedestrian %s", self.device_id, vehicle, ped)
-        return Layout(vehicle, ped)
+        return Layout(vehicle, ped, await self._read_stages())
+
+    async def _read_stages(self) -> dict[int, tuple[int, ...]] | None:
+        """The phases of each stage the config holds for priority (06.02.02.s), to check the config
+        against the controller before a hold. None where the controller does not say."""
+        if not self.stage_phases:
+            return None
+        try:
+            values = await self.client.query([o.stage_phases(s) for s in self.stage_phases])
+        except Refused as exc:
+            log.warning("%s: cannot read the stages' phases (%s): the priority config is not checked", self.device_id, exc)
+            return None
+        stages = {s: tuple(o.bitmap(values[o.stage_phases(s)])) for s in self.stage_phases}
+        for stage, phases in self.stage_phases.items():
+            missing = sorted(set(phases) - set(stages[stage]))
+            if missing:
+                log.error("%s: priority.preempt holds stage %d for phase(s) %s, but the controller's stage %d "
+                          "serves phases %s: a request for them is refused", self.device_id, stage,
+                          ", ".join(map(str, missing)), stage, ", ".join(map(str, stages[stage])) or "none")
+        return stages
 
     async def read_status(self) -> ControllerStatus:
         if self.layout is None or self.stats.online is not True:
@@ -233,6 +257,16 @@ class Gbt20999Link(PollLoop):
         if first:
             self.held_stage = stage
             self.audit("hold", {"stage": stage, "run_mode_code": c.hold_mode})
+
+    def check_request(self, stage: int, phase: int) -> None:
+        """Before a hold (the priority manager asks): refuse a stage that does not serve the phase
+        the config holds it for, or the ambulance would get another approach's green."""
+        stages = self.layout.stages if self.layout is not None else None
+        if stages is None or stage not in stages or phase in stages[stage]:
+            return
+        raise Refused(f"{self.device_id}: the controller's stage {stage} serves phase(s) "
+                      f"{', '.join(map(str, stages[stage])) or 'none'}, not {phase} as priority.preempt says: "
+                      "fix the config (nothing was asked of the controller)")
 
     async def _restore(self) -> None:
         """Put back the run mode and plan read before the hold. Raises (NoAnswer, Refused) when it

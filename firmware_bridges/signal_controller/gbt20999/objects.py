@@ -5,7 +5,12 @@ the element the row (lamp group g, phase p, stage s, road r, detector d); attrib
 number itself. Values are big-endian. Sources as in :mod:`.codec`; the captured device's answers
 (``protocol_catalog.json``) fixed the bitmap layout: phase 1's lamp groups answer
 ``00 00 00 00 00 00 00 01`` (lamp group 1) and stage 1's phases ``... 00 0f`` (phases 1-4), so an
-8-byte bitmap is one big-endian 64-bit number whose bit n-1 stands for number n.
+8-byte bitmap is one big-endian 64-bit number whose bit n-1 stands for number n
+(RVDataFusionServer: "按位标示bit0:1 bit63:64").
+
+Sizes differ between sources: RVDataFusionServer lists a stage's elapsed and remaining time as
+4 bytes, the captured device sends 2 (``00 05``). Numbers are read as big-endian integers of
+1 to 4 bytes, whatever their size.
 """
 
 from __future__ import annotations
@@ -132,6 +137,14 @@ def _text(raw: bytes) -> str:
     return raw.rstrip(b"\x00").decode("utf-8", "replace")
 
 
+def _version(raw: bytes) -> dict[str, int] | None:
+    """Device version: 4 bytes, hardware (2) then software (2) (RVDataFusionServer's table of the
+    standard's objects: "高两个字节代表硬件版本,低两个字节代表软件版本")."""
+    if len(raw) != 4:
+        return None
+    return {"hardware": uint(raw[:2]), "software": uint(raw[2:])}
+
+
 def _date(raw: bytes) -> str | None:
     """Year (2 bytes), month, day[, hour, minute, second] as the captured device sends dates."""
     if len(raw) < 4:
@@ -146,7 +159,7 @@ def _date(raw: bytes) -> str | None:
 # (class, object, attribute) -> (name, decoder of the value bytes)
 KNOWN: dict[tuple[int, int, int], tuple[str, Callable[[bytes], Any]]] = {
     (1, 1, 0): ("manufacturer", _text),
-    (1, 2, 0): ("device_version", _text),
+    (1, 2, 0): ("device_version", _version),
     (1, 3, 0): ("device_number", _text),
     (1, 4, 0): ("manufacture_date", _date),
     (1, 5, 0): ("install_date", _date),

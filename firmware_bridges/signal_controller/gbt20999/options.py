@@ -3,6 +3,9 @@
     connection: {transport: udp, host: 192.0.2.30, port: 4050, local_port: 5051, centre_id: 1,
                  controller_id: 0, road: 1, timeout: 500ms, heartbeat: 10s}
 
+Or on RS-232: ``{transport: serial, serial: {port: /dev/ttyS1, baudrate: 9600}, ...}`` (escaped
+frames, as on TCP).
+
 The standard fixes no ports: the controller stores the centre's address in class 2, object 3.
 The captured device listens on UDP 4050 and answers the centre on UDP 5051; OpenATC listens on
 TCP 8881.
@@ -15,6 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from agent.core.config import Strict
+from agent.core.transport import SerialLine
 from agent.core.units import Duration
 from firmware_bridges.signal_controller.timeouts import AnswerTimeout
 from firmware_bridges.signal_controller.gbt20999.codec import VERSION
@@ -22,8 +26,9 @@ from firmware_bridges.signal_controller.gbt20999.objects import RUN_MODES
 
 
 class Gbt20999Connection(Strict):
-    transport: Literal["udp", "tcp"] = "udp"
-    host: str = Field(min_length=1)
+    transport: Literal["udp", "tcp", "serial"] = "udp"
+    host: str | None = Field(default=None, min_length=1)     # udp, tcp
+    serial: SerialLine | None = None                          # serial: {port: /dev/ttyS1, baudrate: 9600 ...}
     port: int = Field(default=4050, ge=1, le=65535)
     # UDP: the centre's own port, where the controller sends answers and reports (0: any free port,
     # for a controller that answers the sender's port)
@@ -56,13 +61,27 @@ class Gbt20999Connection(Strict):
 
     @model_validator(mode="after")
     def _ports(self) -> "Gbt20999Connection":
+        if self.transport == "serial":
+            if self.serial is None:
+                raise ValueError("transport serial needs 'serial' ({port: /dev/ttyS1, baudrate: 9600})")
+            if self.host is not None:
+                raise ValueError("'host' is for transport udp or tcp; a serial controller has 'serial'")
+            return self
+        if self.host is None:
+            raise ValueError(f"transport {self.transport} needs 'host' (the controller's address)")
+        if self.serial is not None:
+            raise ValueError("'serial' is for transport serial")
         if self.transport == "tcp" and self.local_port not in (0, 5051):
             raise ValueError("local_port is for transport udp (TCP dials out from any port)")
         return self
 
     @property
     def channel_key(self) -> tuple[str, ...]:
-        return ("gbt20999", self.transport, self.host.lower(), str(self.port), str(self.road))
+        if self.serial is not None:
+            return ("serial", self.serial.port)   # one port, one runner, whatever opens it
+        return ("gbt20999", self.transport, (self.host or "").lower(), str(self.port), str(self.road))
 
     def describe(self) -> str:
+        if self.serial is not None:
+            return f"gbt20999 serial {self.serial.port} {self.serial.settings_text} road {self.road}"
         return f"gbt20999 {self.transport} {self.host}:{self.port} road {self.road}"
