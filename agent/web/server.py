@@ -77,6 +77,7 @@ class WebConsole:
         self.agent: Any = None   # the running agent.app.Agent (not imported: only the runtime imports it)
         self.sessions = Sessions(cfg.session_idle, cfg.session_max)
         self.limiter = LoginLimiter(cfg.login_per_minute)
+        self._limited_audit = Throttle()
         self.events = EventLog()
         self.api = Api(self)
         self._accounts = {a.name: a for a in cfg.accounts}
@@ -241,7 +242,9 @@ class WebConsole:
             return refuse(400, "malformed", "give 'name' and 'password'")
         address = request.remote or "?"
         if not self.limiter.allow(address, name):
-            self._audit({"event": "web.login_limited", "by": f"web:{name[:64]}", "from": address})
+            if self._limited_audit.ready(address):   # a flood is one line a minute, not a full disk
+                self._audit({"event": "web.login_limited", "by": f"web:{name[:64]}", "from": address,
+                             "more": self._limited_audit.held(address)})
             return refuse(429, "rate_limited", "too many login attempts: wait a minute and try again")
         account = self._accounts.get(name)
         # in a worker thread: a check costs about 50 ms of CPU (and the first dummy hash as much)
