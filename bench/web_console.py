@@ -9,6 +9,10 @@ with psutil over the same window in three runs:
   browsers  the console on, one headless Chromium on the overview page and one on the camera's
             page (its picture refreshed every second, the rules drawn over it);
 
+off and idle twice: on a gateway of Modbus devices only (the camera's pipeline moves CPU and RSS
+by more than the console costs idle), and with the camera (the baseline of the browsers' run);
+and what importing the console's libraries adds to a fresh interpreter;
+
 then the camera picture's latency from a client polling it: the request's time (p50/p95: mostly
 the JPEG encoding when the cached picture is older than ``picture_interval``) and the age of the
 frame when it arrives (capture to delivery).
@@ -63,7 +67,10 @@ def run(label: str, workdir: Path, settings: dict[str, Any], seconds: float, war
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     opened: list[Any] = []
     with AgentProcess(config, workdir / "agent.log", check_loop=False).start() as agent:
-        agent.wait_status(lambda s: s["devices"].get("cam-01", {}).get("online"), 60)
+        if settings.get("cameras"):
+            agent.wait_status(lambda s: s["devices"].get("cam-01", {}).get("online"), 60)
+        else:
+            agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 30)
         base = f"http://127.0.0.1:{settings['web']['port']}" if "web" in settings else None
         if base:
             Client(base).wait_up()
@@ -76,13 +83,13 @@ def run(label: str, workdir: Path, settings: dict[str, Any], seconds: float, war
                 browser.get(base + "/" + page)
         time.sleep(warmup)
         figures = measure(agent.pid, seconds)
-        latency = picture_latency(base, seconds) if base and not browsers else None
+        latency = picture_latency(base, seconds) if base and not browsers and settings.get("cameras") else None
         for browser in opened:
             browser.quit()
         loop = (agent.status() or {}).get("loop", {})
         figures["loop_max_ms"] = loop.get("max_callback_ms") or 0.0
         figures["loop_max"] = loop.get("max_callback") or "?"
-    print(f"{label:9} agent CPU {figures['cpu_percent']:5.1f} % of a core, RSS {figures['rss_mib']:6.1f} MiB "
+    print(f"{label:10} agent CPU {figures['cpu_percent']:5.1f} % of a core, RSS {figures['rss_mib']:6.1f} MiB "
           f"(max {figures['rss_max_mib']:.1f}), longest loop callback {figures['loop_max_ms']:.1f} ms "
           f"({figures['loop_max']})", flush=True)
     return figures, latency
@@ -103,6 +110,15 @@ def picture_latency(base: str, seconds: float) -> dict[str, float]:
     q = statistics.quantiles
     return {"requests": len(took), "p50_ms": statistics.median(took), "p95_ms": q(took, n=20)[18],
             "age_p50_ms": statistics.median(age), "age_p95_ms": q(age, n=20)[18]}
+
+
+def import_cost() -> float:
+    """MiB of RSS that importing the console adds to an interpreter that has the agent loaded."""
+    import subprocess
+    code = ("import psutil; p = psutil.Process(); import agent.app, agent.runtime; a = p.memory_info().rss; "
+            "import agent.web.server; print((p.memory_info().rss - a) / 2**20)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return float(out.stdout.strip() or "nan")
 
 
 def main() -> None:
@@ -130,15 +146,24 @@ def main() -> None:
         settings["agent"]["status_interval"] = "1s"
         print(f"web console bench: {psutil.cpu_count()} cores, load {psutil.getloadavg()[0]:.1f}; "
               f"{args.seconds:g} s measured after {args.warmup:g} s", flush=True)
-        off, _ = run("off", root / "off", settings, args.seconds, args.warmup)
-        with_web = {**settings, "web": web_section()}
-        idle, latency = run("idle", root / "idle", with_web, args.seconds, args.warmup)
+        # the camera's pipeline moves CPU and RSS by more than the console costs idle: the idle
+        # figures come from a gateway of Modbus devices only, the browsers' from the camera's
+        light = {**settings, "cameras": []}
+        light_off, _ = run("light off", root / "light-off", light, args.seconds, args.warmup)
+        light_idle, _ = run("light idle", root / "light-idle", {**light, "web": web_section()}, args.seconds,
+                            args.warmup)
+        off, _ = run("cam off", root / "off", settings, args.seconds, args.warmup)
+        idle, latency = run("cam idle", root / "idle", {**settings, "web": web_section()}, args.seconds, args.warmup)
         busy, _ = run("browsers", root / "browsers", {**settings, "web": web_section()}, args.seconds, args.warmup,
                       browsers=True)
-    print(f"\nadded by the console, idle:          CPU {idle['cpu_percent'] - off['cpu_percent']:+5.1f} % of a core, "
-          f"RSS {idle['rss_mib'] - off['rss_mib']:+6.1f} MiB")
-    print(f"added by the console, two browsers:  CPU {busy['cpu_percent'] - off['cpu_percent']:+5.1f} % of a core, "
-          f"RSS {busy['rss_mib'] - off['rss_mib']:+6.1f} MiB   (one on the overview, one on the camera page)")
+    print(f"\nthe console's libraries (aiohttp, prometheus-client, ruamel.yaml) and code: "
+          f"RSS {import_cost():+.1f} MiB in a fresh interpreter")
+    print(f"added by the console, idle (Modbus gateway):  CPU {light_idle['cpu_percent'] - light_off['cpu_percent']:+5.1f} "
+          f"% of a core, RSS {light_idle['rss_mib'] - light_off['rss_mib']:+6.1f} MiB")
+    print(f"added by the console, idle (with the camera): CPU {idle['cpu_percent'] - off['cpu_percent']:+5.1f} "
+          f"% of a core, RSS {idle['rss_mib'] - off['rss_mib']:+6.1f} MiB")
+    print(f"added by the console, two browsers:           CPU {busy['cpu_percent'] - off['cpu_percent']:+5.1f} "
+          f"% of a core, RSS {busy['rss_mib'] - off['rss_mib']:+6.1f} MiB   (one on the overview, one on the camera page)")
     if latency:
         print(f"camera picture ({latency['requests']} requests): request p50 {latency['p50_ms']:.1f} ms, "
               f"p95 {latency['p95_ms']:.1f} ms; frame age on arrival p50 {latency['age_p50_ms']:.0f} ms, "

@@ -82,10 +82,15 @@ def test_invalid_config_is_refused_and_nothing_changes(running):
     assert config.read_text() == original
 
 
+INTRUDER = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$" + "A" * 43
+
+
 @pytest.mark.parametrize("change", [
     lambda c: c["gateway"].update(id="gw-other"),
     lambda c: c.update(commands={"allow": ["config.apply", "device.write"]}),
     lambda c: c["agent"].update(state_dir="/tmp/elsewhere"),
+    # a console account of the centre's making: accounts are set on site
+    lambda c: c.update(web={"accounts": [{"name": "intruder", "role": "admin", "password_hash": INTRUDER}]}),
 ])
 def test_keys_kept_for_on_site_are_refused(running, change):
     centre, agent, config = running

@@ -77,6 +77,13 @@ def test_watch_a_value_draw_a_zone_apply_it_and_see_the_intrusion_in_it(browser,
     wait(browser).until(lambda b: _text(b, "#v-aq-01-pm25") == "12.50")
     sim.set_value(1, "pm25", 48.25)
     wait(browser).until(lambda b: _text(b, "#v-aq-01-pm25") == "48.25")
+    # a write from the page reaches the device; its outcome stays through the page's redraws
+    browser.find_element(By.ID, "w-aq-01-fan_on").send_keys("false")
+    browser.find_element(By.CSS_SELECTOR, "#w-aq-01-fan_on + button").click()
+    wait(browser).until(lambda b: _text(b, "#r-aq-01") == "fan_on written: false")
+    assert sim.values(1)["fan_on"] is False
+    wait(browser).until(lambda b: _text(b, "#v-aq-01-fan_on") == "false")   # polled again since
+    assert _text(browser, "#r-aq-01") == "fan_on written: false"
 
     # bad figures through the same API the page uses: each refused with a message, nothing changed
     before = config.read_text()

@@ -188,7 +188,7 @@ class Api:
             cached = self._pictures.get(device_id)
             if cached is not None and time.monotonic() - cached[0] < interval:
                 return cached[1]
-            picture = await asyncio.to_thread(runner.picture, device_id)
+            picture = await self.console.off_loop(runner.picture, device_id)
             if picture is not None:
                 self._pictures[device_id] = (time.monotonic(), picture)
             return picture
@@ -220,7 +220,7 @@ class Api:
         try:
             path, driver, section = self._where(agent, device)
             # parsing YAML with ruamel takes tens of ms for a gateway's file: not on the loop
-            base, shapes = await asyncio.to_thread(editor.figures, path, device.id, section, driver)
+            base, shapes = await self.console.off_loop(editor.figures, path, device.id, section, driver)
         except editor.Refusal as exc:
             return refuse(409, "not_editable", str(exc))
         return json({"device": device.id, "base": base,
@@ -236,7 +236,7 @@ class Api:
             await self._picture(device.id, runner)
         path, driver, section = self._where(agent, device)
         # parse, edit, dump and check-config's checks: 50-200 ms of CPU, in a worker thread
-        edited = await asyncio.to_thread(editor.edit_file, path, device.id, section, driver, edit,
+        edited = await self.console.off_loop(editor.edit_file, path, device.id, section, driver, edit,
                                          self._frame(device.id))
         return agent, edited
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,19 @@ class WebConsole:
         self.agent: Any = None   # the running agent.app.Agent (not imported: only the runtime imports it)
         self.sessions = Sessions(cfg.session_idle, cfg.session_max)
         self.limiter = LoginLimiter(cfg.login_per_minute)
+        self._limited_audit = Throttle()
         self.events = EventLog()
         self.api = Api(self)
         self._accounts = {a.name: a for a in cfg.accounts}
         self._registry = registry(self._figures)
         self._runner: web.AppRunner | None = None
+        # the console's blocking work (JPEG, YAML, scrypt) on one thread of its own: however many
+        # browsers ask, it adds one thread (and one malloc arena) to the agent, not a pool's worth
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-console")
         self.app = self._build()
+
+    async def off_loop(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
 
     # -- the agent it shows ------------------------------------------------------------------------
 
@@ -132,6 +140,7 @@ class WebConsole:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     # -- the application ---------------------------------------------------------------------------
 
@@ -241,11 +250,13 @@ class WebConsole:
             return refuse(400, "malformed", "give 'name' and 'password'")
         address = request.remote or "?"
         if not self.limiter.allow(address, name):
-            self._audit({"event": "web.login_limited", "by": f"web:{name[:64]}", "from": address})
+            if self._limited_audit.ready(address):   # a flood is one line a minute, not a full disk
+                self._audit({"event": "web.login_limited", "by": f"web:{name[:64]}", "from": address,
+                             "more": self._limited_audit.held(address)})
             return refuse(429, "rate_limited", "too many login attempts: wait a minute and try again")
         account = self._accounts.get(name)
         # in a worker thread: a check costs about 50 ms of CPU (and the first dummy hash as much)
-        good = await asyncio.to_thread(lambda: passwords.verify(
+        good = await self.off_loop(lambda: passwords.verify(
             password, account.password_hash if account is not None else passwords.dummy()))
         if not good or account is None:
             self._audit({"event": "web.login_failed", "by": f"web:{name[:64]}", "from": address})

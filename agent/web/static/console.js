@@ -165,29 +165,39 @@ Pages.devices = {
                 el("input", {id: `w-${device.id}-${point.name}`, size: 6, placeholder: "value"}),
                 el("button", {class: "small", onclick: () => writePoint(device.id, point.name)}, "Write"))
                 : null))))),
-        el("p", {class: "result", id: `r-${device.id}`})))));
+        result(device.id)))));
   },
 };
 
-async function readPoint(device, point) {
+// the outcome of the latest read or write per device: kept across the page's redraws
+const Results = {};
+
+function result(device) {
+  const last = Results[device];
+  return el("p", {class: `result ${last ? last.cls : ""}`, id: `r-${device}`}, last ? last.text : "");
+}
+
+function show(device, cls, text) {
+  Results[device] = {cls, text};
   const out = document.getElementById(`r-${device}`);
-  out.textContent = `reading ${point}…`;
+  if (out) { out.className = `result ${cls}`; out.textContent = text; }
+}
+
+async function readPoint(device, point) {
+  show(device, "", `reading ${point}…`);
   const {data} = await post(`/api/devices/${encodeURIComponent(device)}/read`, {point});
-  out.className = data.ok ? "result ok" : "result error";
-  out.textContent = data.ok ? `${point} = ${value(data.result.v)} ${data.result.u || ""} (${data.result.q})`
-                            : `${point}: ${data.error.message}`;
+  if (data.ok) show(device, "ok", `${point} = ${value(data.result.v)} ${data.result.u || ""} (${data.result.q})`);
+  else show(device, "error", `${point}: ${data.error.message}`);
 }
 
 async function writePoint(device, point) {
   const input = document.getElementById(`w-${device}-${point}`);
-  const out = document.getElementById(`r-${device}`);
   let v = input.value.trim();
   if (v === "true" || v === "false") v = v === "true";
   else if (v !== "" && !Number.isNaN(Number(v))) v = Number(v);
   const {data} = await post(`/api/devices/${encodeURIComponent(device)}/write`, {point, value: v});
-  out.className = data.ok ? "result ok" : "result error";
-  out.textContent = data.ok ? `${point} written: ${value(data.result.value)}`
-                            : `${point} not written: ${data.error.message}`;
+  if (data.ok) show(device, "ok", `${point} written: ${value(data.result.value)}`);
+  else show(device, "error", `${point} not written: ${data.error.message}`);
   input.blur();
 }
 
