@@ -66,7 +66,8 @@ class Agent:
         self.uplink = MqttUplink(mqtt_cfg, gw, self.outbox, birth=self.birth, password=password,
                                  boot_id=self.boot_id, clock=clock)
         self.pipeline = DevicePipeline(self.outbox, gateway_id=gw.id, topic=self.topic,
-                                       max_payload=mqtt_cfg.max_payload, on_commit=self.uplink.wake)
+                                       max_payload=mqtt_cfg.max_payload, on_commit=self.uplink.wake,
+                                       state_dir=config.agent.state_dir)
         self.drivers: dict[str, Driver] = {}
         by_driver: dict[str, list] = {}
         for device in config.all_devices:

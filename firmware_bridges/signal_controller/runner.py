@@ -31,6 +31,7 @@ from firmware_bridges.signal_controller.phases import ControllerStatus, PhaseTra
 from firmware_bridges.signal_controller.priority import PriorityGrant, PriorityManager
 
 log = logging.getLogger("firmware_bridges.signal_controller")
+FAMILY = "signal_controller"   # the driver's name: its state store (DeviceSink.store)
 
 
 class SignalRunner(Runner, HoldsForCentre):
@@ -48,6 +49,7 @@ class SignalRunner(Runner, HoldsForCentre):
             self.link = Gbt20999Link(device.id, options, device.poll, clock=clock)
             self.link.audit = self._audit
             self.link.on_report = self._report
+            self.link.records = sink.store(FAMILY)   # the hold's record survives a killed agent
         else:
             from firmware_bridges.signal_controller.modbus_io import ModbusIoLink   # late: pymodbus only if used
             self.link = ModbusIoLink(device, options, clock=clock)
@@ -63,6 +65,10 @@ class SignalRunner(Runner, HoldsForCentre):
     # -- Runner ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        load = getattr(self.link, "load_record", None)   # GB/T 20999: a hold a killed run left
+        left = await load() if load is not None else None
+        if left is not None:
+            self.priority.left_held(left)
         link = asyncio.create_task(self.link.run(self._on_status, self._on_state), name=f"{self.device_id}:link")
         watchdog = asyncio.create_task(self.priority.run(), name=f"{self.device_id}:priority")
         try:
