@@ -127,6 +127,7 @@ async def test_a_corrupt_record_is_reported_and_the_controller_still_served(gbsi
         await until(lambda: latest(sink, "phase2") is not None, 5, "polls go on")
         unreadable = events(sink, "signal.control")
         assert [e["step"] for e in unreadable] == ["record_unreadable"]
+        assert [e.severity for e in sink.events("signal.control")] == ["major"]
         assert "not JSON" in unreadable[0]["error"] and unreadable[0]["record"] == str(record_path(tmp_path))
         # a new hold writes a good record over it and restores as usual
         await runner.request_priority(DEVICE, held_phase(gbsim), duration_s=2)
@@ -177,3 +178,12 @@ async def test_a_disk_that_refuses_the_record_refuses_the_hold_before_anything_i
         assert gbsim.held_stage is None and gbsim.run_mode == LOCAL_FIXED_TIME
         assert [what for _, what, _ in gbsim.log] == [] and runner.link.saved is None
         assert runner.priority.active is None
+
+
+def test_state_of_a_family_with_no_device_configured_is_listed_for_the_agent_to_log(tmp_path):
+    from agent.core.state import kept_state
+    assert kept_state(tmp_path) == {}
+    StateStore.of_family(tmp_path, FAMILY).put("tsc-old", {"format": 1})
+    StateStore.of_family(tmp_path, "other").put("x", {})
+    StateStore.of_family(tmp_path, "other").delete("x")
+    assert kept_state(tmp_path) == {FAMILY: ["tsc-old"]}

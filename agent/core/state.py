@@ -115,3 +115,19 @@ class StateStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def kept_state(state_dir: Path) -> dict[str, list[str]]:
+    """Family name -> its keys, for every family with state under ``state_dir`` (the agent logs
+    those whose family has no device configured: nothing else would read them)."""
+    try:
+        families = sorted(p for p in (Path(state_dir) / FAMILIES_DIR).iterdir() if p.is_dir())
+    except OSError:
+        return {}
+    kept = {}
+    for directory in families:
+        with contextlib.suppress(OSError):
+            keys = StateStore(directory).keys()
+            if keys:
+                kept[directory.name] = keys
+    return kept

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.core.clock import SYSTEM, Clock
 from agent.core.config import DeviceConfig
-from agent.core.model import DeviceSink, Event, Reading, Value
+from agent.core.model import DeviceSink, Event, Reading, Severity, Value
 from agent.core.driver import HoldsForCentre, Runner
 from firmware_bridges.signal_controller.errors import PriorityRefused
 from firmware_bridges.signal_controller.ntcip import NtcipLink
@@ -189,16 +189,16 @@ class SignalRunner(Runner, HoldsForCentre):
         readings += [Reading(name, value, "s" if name.endswith("_s") else None, t) for name, value in status.extra.items()]
         return readings
 
-    def _audit(self, step: str, data: dict[str, Any]) -> None:
+    def _audit(self, step: str, data: dict[str, Any], severity: Severity = "info") -> None:
         """A step of holding a stage or giving the controller its own mode back (GB/T 20999)."""
-        self._emit("signal.control", {"step": step, **data})
+        self._emit("signal.control", {"step": step, **data}, severity)
 
     def _report(self, kind: str, data: dict[str, Any]) -> None:
         self._emit(kind, data)
 
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+    def _emit(self, kind: str, data: dict[str, Any], severity: Severity = "info") -> None:
         try:
-            self.sink.event(self.device_id, Event(kind, "info", data))
+            self.sink.event(self.device_id, Event(kind, severity, data))
         except Exception:   # noqa: BLE001 - the agent's problem must not stop the controller's link
             log.exception("sink rejected event %s of %s", kind, self.device_id)
 

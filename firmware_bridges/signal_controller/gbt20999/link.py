@@ -86,7 +86,7 @@ class Layout:
         return sorted({g for gs in (*self.vehicle.values(), *self.ped.values()) for g in gs})
 
 
-AuditCallback = Callable[[str, dict[str, Any]], None]
+AuditCallback = Callable[..., None]   # (step, data, severity="info")
 
 
 class Gbt20999Link(PollLoop):
@@ -110,7 +110,7 @@ class Gbt20999Link(PollLoop):
         self._backoff = Retry(options.backoff)
         self.answers = FRAMES
         self.client = Gbt20999Client(device_id, c, backoff=options.backoff, clock=clock, on_trap=self._trap)
-        self.audit: AuditCallback = lambda step, data: None
+        self.audit: AuditCallback = lambda step, data, severity="info": None
         self.on_report: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
         self.layout: Layout | None = None
         self._stage: int | None = None
@@ -338,7 +338,8 @@ class Gbt20999Link(PollLoop):
             log.error("%s: the hold record %s cannot be read (%s): if the agent was stopped during a hold, "
                       "the controller may still hold a stage: check it", self.device_id,
                       self.records.path(self.device_id), exc)
-            self.audit("record_unreadable", {"record": str(self.records.path(self.device_id)), "error": str(exc)})
+            self.audit("record_unreadable", {"record": str(self.records.path(self.device_id)), "error": str(exc)},
+                       "major")
             return None
         if record is None or record.controller != self.describe:
             return None   # another controller's: reported at start (hold_record.report_orphans)
