@@ -341,7 +341,8 @@ class PriorityManager:
             raise ControllerOffline(f"{self.device_id} did not answer the priority request for phase {phase}: "
                                     f"{exc}") from None
         except Refused as exc:
-            raise Refused(f"{self.device_id}: the controller refused preempt {number} (phase {phase}): {exc}") from None
+            # the controller's error, or (GB/T 20999) the hold's record that could not be written
+            raise Refused(f"{self.device_id}: preempt {number} (phase {phase}) refused: {exc}") from None
 
     async def _end(self, reason: str) -> PriorityGrant | None:
         held = self._held
