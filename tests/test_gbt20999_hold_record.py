@@ -187,3 +187,26 @@ def test_state_of_a_family_with_no_device_configured_is_listed_for_the_agent_to_
     StateStore.of_family(tmp_path, "other").put("x", {})
     StateStore.of_family(tmp_path, "other").delete("x")
     assert kept_state(tmp_path) == {FAMILY: ["tsc-old"]}
+
+
+@sync
+async def test_a_record_found_while_the_controller_is_silent_is_restored_once_it_answers(gbsim, tmp_path):
+    device = gb_device(gbsim)
+    describe = DRIVER.options(device).connection.describe()
+    StateStore.of_family(tmp_path, FAMILY).put(DEVICE, HoldRecord(DEVICE, describe, LOCAL_FIXED_TIME, 1, 2, 1,
+                                                                  None).document())
+    gbsim.sim.write(bytes((17, 1, 2, 1)), b"\x02")
+    gbsim.cut()
+    sink = RecordingSink(state_dir=tmp_path)
+    async with running(device, sink) as runner:
+        await until(lambda: [e for e in events(sink, "signal.control") if e["step"] == "restore_failed"], 5,
+                    "a first try")
+        await until(lambda: runner.link.restore_failures >= 3, 10, "retries")
+        assert gbsim.held_stage == 2 and record_path(tmp_path).exists()
+        gbsim.restore()
+        await until(lambda: gbsim.held_stage is None and gbsim.run_mode == LOCAL_FIXED_TIME, 5, "restored")
+        await until(lambda: events(sink, "signal.control")[-1]["step"] == "restored", 2)
+        audit = events(sink, "signal.control")
+        assert [a["step"] for a in audit] == ["restart_found_hold", "restore_failed", "restored"]
+        assert audit[1]["reason"] == audit[2]["reason"] == "agent restarted during a hold"
+        assert audit[2]["attempts"] >= 4 and not record_path(tmp_path).exists()

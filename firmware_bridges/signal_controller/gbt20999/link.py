@@ -122,6 +122,7 @@ class Gbt20999Link(PollLoop):
         self.restart_reason: str | None = None     # restoring a hold a killed run left
         self._recorded: tuple[int, int | None] | None = None   # (stage, expires_ms) on disk
         self._records_loaded = False
+        self.restore_failures = 0   # in a row, before the restore lands
         self.heartbeat_failures = 0
         self.stage_phases: dict[int, list[int]] = {}   # stage -> the phases priority.preempt holds it for
         for phase, stage in (options.priority.preempts.items() if options.priority else ()):
@@ -310,13 +311,17 @@ class Gbt20999Link(PollLoop):
                 await self.client.set([DataValue(*o.specified_plan(r), bytes((plan,)))])
             await self.client.set([DataValue(*o.specified_mode(r), bytes((mode,)))])
         except Exception as exc:
-            failed: dict[str, Any] = {"run_mode_code": mode, "plan": plan, "error": str(exc)}
-            if self.restart_reason is not None:
-                failed["reason"] = self.restart_reason
-            self.audit("restore_failed", failed)
+            self.restore_failures += 1
+            if self.restore_failures == 1:   # once a series: the retries of an offline controller are no news
+                failed: dict[str, Any] = {"run_mode_code": mode, "plan": plan, "error": str(exc)}
+                if self.restart_reason is not None:
+                    failed["reason"] = self.restart_reason
+                self.audit("restore_failed", failed)
             raise
         self.saved, self.held_stage = None, None
         data: dict[str, Any] = {"run_mode": o.RUN_MODES.get(mode, mode), "run_mode_code": mode, "plan": plan}
+        if self.restore_failures:
+            data["attempts"], self.restore_failures = self.restore_failures + 1, 0
         if self.restart_reason is not None:
             data["reason"], self.restart_reason = self.restart_reason, None
         await self._forget_record()
