@@ -14,12 +14,16 @@ stage configured for the phase, after :meth:`Gbt20999Link.check_request` made su
 stage table 06.02.02.s, that the stage serves that phase). No GB/T 20999 control object carries
 a duration, and the priority status tables (08.03, 08.06) are read-only, so the agent owns the hold:
 
-1. before the first hold the road's run mode and plan are read and kept (audited: ``saved``);
+1. before the first hold the road's run mode and plan are read and kept (audited: ``saved``),
+   and written with the stage and the hold's end to the hold's durable record
+   (:mod:`.hold_record`) before anything is set, so a run killed during the hold is undone by
+   the next one (:meth:`Gbt20999Link.load_record`); the record goes once the restore lands;
 2. where the controller needs it (``hold_mode``), the specified run mode is set (11.01.04.r),
    then the specified stage (11.01.02.r); the priority manager re-sends it every ``reassert``;
 3. to let go, the plan is set back if it changed (11.01.03.r), then the run mode (11.01.04.r):
    the controller runs its own schedule again (audited: ``restored``). If that fails the
-   priority manager retries until it lands, and at once when the controller answers again.
+   priority manager retries until it lands, and at once when the controller answers again
+   (audited ``restore_failed`` once a series).
 
 What a controller does by itself when the centre goes quiet is vendor-defined: configure its own
 centre-loss fallback where it has one.
