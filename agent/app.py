@@ -34,6 +34,7 @@ from agent.core.clock import SYSTEM, Clock
 from agent.core.driver import Driver, HoldsForCentre, PointInfo, Runner
 from agent.core.model import Priority
 from agent.core.registry import available_drivers, get_driver
+from agent.core.state import FAMILIES_DIR, kept_state
 from agent.health import HealthSampler
 from agent.outbox import Outbox
 from agent.pipeline import DevicePipeline
@@ -66,7 +67,8 @@ class Agent:
         self.uplink = MqttUplink(mqtt_cfg, gw, self.outbox, birth=self.birth, password=password,
                                  boot_id=self.boot_id, clock=clock)
         self.pipeline = DevicePipeline(self.outbox, gateway_id=gw.id, topic=self.topic,
-                                       max_payload=mqtt_cfg.max_payload, on_commit=self.uplink.wake)
+                                       max_payload=mqtt_cfg.max_payload, on_commit=self.uplink.wake,
+                                       state_dir=config.agent.state_dir)
         self.drivers: dict[str, Driver] = {}
         by_driver: dict[str, list] = {}
         for device in config.all_devices:
@@ -79,6 +81,11 @@ class Agent:
         for name, devices in by_driver.items():
             self.runners += self.drivers[name].create_runners(devices, self.pipeline)
         self._runner_of = {device_id: runner for runner in self.runners for device_id in runner.device_ids}
+        for family, keys in kept_state(config.agent.state_dir).items():
+            if family not in self.drivers:   # a family with devices reads (and reports) its own state
+                log.error("%s/%s/ keeps state for %s, but no %s device is configured: see that family's README "
+                          "(a signal controller's hold record names a junction that may still be held)",
+                          config.agent.state_dir / FAMILIES_DIR, family, ", ".join(keys), family)
         self.commands: CommandChannel | None = None
         # every family's commands, configured here or not: a camera.snapshot on a gateway
         # without cameras is answered as the allowlist and the devices say, like any other

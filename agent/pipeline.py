@@ -18,6 +18,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent import wire
@@ -25,6 +26,7 @@ from agent.core.config import DeviceConfig
 from agent.core.driver import DeviceInfo
 from agent.core.model import SEVERITY_PRIORITY, Event, EvidenceFile, Priority, Reading, now_ms
 from agent.core.ratelimit import Throttle
+from agent.core.state import StateStore
 from agent.outbox import Outbox
 from agent.report import ReportFilter
 from agent.rules import AlarmRules
@@ -64,8 +66,9 @@ class DevicePipeline:
     """Readings, events and evidence of every device into the outbox. See the module docstring."""
 
     def __init__(self, outbox: Outbox, *, gateway_id: str, topic: Callable[[str], str], max_payload: int,
-                 on_commit: Callable[[], None] = lambda: None):
+                 on_commit: Callable[[], None] = lambda: None, state_dir: Path | None = None):
         self.outbox = outbox
+        self.state_dir = state_dir   # the families' own state (DeviceSink.store)
         self.gateway_id = gateway_id
         self.topic = topic
         self.max_payload = max_payload
@@ -201,6 +204,12 @@ class DevicePipeline:
         self.event(device_id, Event("device.online" if online else "device.offline",
                                     "info" if online else "major",
                                     {"error": error} if error else {}))
+
+    def store(self, family: str) -> StateStore | None:
+        """The family's directory of small durable state (agent/core/state.py)."""
+        if self.state_dir is None:
+            return None
+        return StateStore.of_family(self.state_dir, family)
 
     def committed(self) -> "asyncio.Future[None]":
         """Resolves once everything handed to the sink so far is committed to disk (at the next

@@ -8,7 +8,10 @@ asserts nothing.
      specified stage, p50/p99 over --commands requests (target p99 under 150 ms, as NTCIP);
   3. lost link's return -> restored plan: a hold whose release could not be written because the
      link was cut; the time from the link's return to the controller's own run mode and plan
-     being back, over --cuts cuts of 1..5 s (the agent's default backoff and reassert).
+     being back, over --cuts cuts of 1..5 s (the agent's default backoff and reassert);
+  4. agent killed mid-hold -> restored plan: kill -9 while a stage is held (the controller keeps
+     it), start the agent again on the same state directory: the time from the new process's
+     start to the controller's own run mode and plan being back (the hold record), --restarts times.
 
     .venv/bin/python bench/gbt20999.py
 """
@@ -71,6 +74,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--commands", type=int, default=100)
     parser.add_argument("--cuts", type=int, default=5)
+    parser.add_argument("--restarts", type=int, default=5)
     parser.add_argument("--release-retry", default=None, help="priority.release_retry (default for gbt20999: 500ms)")
     args = parser.parse_args()
 
@@ -144,12 +148,35 @@ def main() -> int:
         print(f"lost link back -> controller's own run mode and plan restored x{len(back_to_plan)} "
               f"(release_retry {retry}): "
               f"p50 {percentile(back_to_plan, .5, None):.0f} ms, max {max(back_to_plan):.0f} ms ({shown} ms)")
+        agent, after_restart = restarts(agent, centre, sim, args.restarts)
+        shown = ", ".join(f"{v:.0f}" for v in after_restart)
+        print(f"agent killed mid-hold -> started again -> controller's own run mode and plan restored "
+              f"x{len(after_restart)}: p50 {percentile(after_restart, .5, None):.0f} ms, "
+              f"max {max(after_restart):.0f} ms ({shown} ms)")
     finally:
         centre.stop()
         agent.stop()
         sim.stop()
         broker.close()
     return 0
+
+
+def restarts(agent: AgentProcess, centre: Consumer, sim, count: int) -> tuple[AgentProcess, list[float]]:
+    """kill -9 during a hold, start again: ms from the new process's start to the plan restored."""
+    took = []
+    for _ in range(count):
+        request = centre.send_command("signal.priority", {"device": DEVICE, "phase": 4, "duration_s": 30}, key=KEY)
+        centre.wait_for(lambda c: c.last("cmd_result", request["id"]), 10)
+        assert sim.held_stage == 2, "the hold did not land"
+        agent.kill()
+        agent.stop()
+        started = time.monotonic()
+        agent = AgentProcess(agent.config, agent.log_path, check_loop=False).start()
+        while not (sim.held_stage is None and sim.run_mode == LOCAL_FIXED_TIME) and time.monotonic() - started < 60:
+            time.sleep(0.001)
+        took.append((time.monotonic() - started) * 1000)
+        agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 30)
+    return agent, took
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from agent.core.clock import SYSTEM, Clock
 from agent.core.driver import HoldsForCentre, Runner
 from agent.core.model import Event, EvidenceFile, Reading
+from agent.core.state import StateStore
 
 T = TypeVar("T")
 
@@ -101,8 +103,9 @@ class RecordingSink:
     """The agent's side of the DeviceSink contract, recording everything a runner hands over.
     Subclass it to refuse (a full disk) or to add what one test needs."""
 
-    def __init__(self, clock: Clock = SYSTEM) -> None:
+    def __init__(self, clock: Clock = SYSTEM, state_dir: Path | None = None) -> None:
         self.clock = clock
+        self.state_dir = state_dir   # DeviceSink.store: None keeps a family's state in memory only
         self.batches: list[Batch] = []
         self.event_log: list[Delivered] = []
         self.states: list[tuple[str, bool, str | None]] = []
@@ -123,6 +126,9 @@ class RecordingSink:
 
     def device_state(self, device_id: str, online: bool, error: str | None = None) -> None:
         self.states.append((device_id, online, error))
+
+    def store(self, family: str) -> StateStore | None:
+        return None if self.state_dir is None else StateStore.of_family(self.state_dir, family)
 
     def latest(self, device_id: str, point: str) -> Reading | None:
         for batch in reversed(self.batches):

@@ -116,3 +116,17 @@ def test_committed_resolves_only_once_the_data_is_on_disk(tmp_path):
         agent.outbox.close()
 
     asyncio.run(scenario())
+
+
+def test_a_family_store_lives_under_the_state_directory_and_state_nobody_reads_is_logged(tmp_path, caplog):
+    from agent.core.state import StateStore
+
+    StateStore.of_family(tmp_path / "state", "signal_controller").put("tsc-old", {"format": 1})
+    agent = make_agent(tmp_path)   # no signal controller configured: nothing would read that record
+    assert "keeps state for tsc-old, but no signal_controller device is configured" in caplog.text
+    store = agent.sink.store("signal_controller")
+    assert store is not None and store.directory == tmp_path / "state" / "families" / "signal_controller"
+    assert store.get("tsc-old") == {"format": 1}   # kept
+    with pytest.raises(ValueError):
+        agent.sink.store("../outbox")
+    agent.outbox.close()

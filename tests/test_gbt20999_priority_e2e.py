@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 
 from tests.agent_proc import AgentProcess, agent_config
@@ -110,4 +111,47 @@ def test_a_hold_the_controller_refuses_is_a_device_error_at_the_centre(tmp_path,
         assert refused["ok"] is False and refused["error"]["code"] == "device_error", refused
         assert "bad value" in refused["error"]["message"] and "11.01.02.01" in refused["error"]["message"]
         assert gbsim.held_stage is None and gbsim.run_mode == LOCAL_FIXED_TIME
+    assert centre.invalid == []
+
+
+def test_an_agent_killed_during_a_hold_restores_the_plan_when_it_starts_again(tmp_path, broker, consumer_factory,
+                                                                              gbsim):
+    """kill -9 mid-hold leaves the controller on the held stage (GB/T 20999 holds have no
+    duration); the next run, from the same state directory, finds the hold's record and puts the
+    controller's own run mode and plan back as soon as it answers."""
+    centre = consumer_factory(gateway=GW, site=SITE)
+    gbsim.sim.plan_number = 2                 # not the simulator's first plan: the record must carry it
+    record = tmp_path / "state" / "families" / "signal_controller" / f"{DEVICE}.json"
+    first = start(tmp_path, broker, gbsim)
+    try:
+        centre.wait_for(lambda c: c.readings(DEVICE, "phase2"), 10)
+        phase = not_green(gbsim)
+        granted = request(centre, phase, 15)
+        assert granted["ok"] is True and gbsim.held_stage == {2: 1, 4: 2}[phase]
+        kept = orjson.loads(record.read_bytes())
+        assert (kept["run_mode"], kept["plan"], kept["stage"]) == (LOCAL_FIXED_TIME, 2, gbsim.held_stage)
+        # written just before the hold was sent; the grant is stamped once the controller confirmed it
+        assert 0 <= granted["result"]["expires_ms"] - kept["expires_ms"] < 1000
+    finally:
+        first.kill()
+        first.stop()
+    time.sleep(1.0)                           # the controller keeps the stage: nobody lets it go
+    assert gbsim.held_stage is not None and gbsim.run_mode == 0x15
+    gbsim.sim.plan_number = 1                 # changed while nobody watched: the record's plan is put back
+    started = time.monotonic()
+    with AgentProcess(first.config, tmp_path / "agent2.log").start():
+        eventually(lambda: gbsim.held_stage is None and gbsim.run_mode == LOCAL_FIXED_TIME, 15)
+        took = time.monotonic() - started
+        assert gbsim.plan_number == 2
+        assert took < 10.0, took               # a Python start, a bind and one answered poll
+        eventually(lambda: not record.exists(), 5)
+        centre.wait_for(lambda c: [e for e in c.events(DEVICE, "signal.control")
+                                   if e["data"]["step"] == "restored" and e["data"].get("reason")], 10)
+        steps = [e["data"] for e in centre.events(DEVICE, "signal.control")]
+        found = [d for d in steps if d["step"] == "restart_found_hold"]
+        assert found and found[0]["stage"] == kept["stage"] and found[0]["plan"] == 2
+        restored = [d for d in steps if d["step"] == "restored"][-1]
+        assert restored["reason"] == "agent restarted during a hold" and restored["plan"] == 2
+        assert restored["run_mode_code"] == LOCAL_FIXED_TIME
+    print(f"agent restart to restored plan: {took:.2f}s")
     assert centre.invalid == []

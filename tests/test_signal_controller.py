@@ -373,7 +373,7 @@ def test_a_preempt_the_controller_does_not_have_is_refused_clearly(sim):
     async def scenario() -> None:
         async with running(DeviceConfig.model_validate(entry), sink) as runner:
             await until(lambda: runner.link.online, 3, "online")
-            with pytest.raises(Refused, match=r"refused preempt 3 \(phase 2\).*notWritable"):
+            with pytest.raises(Refused, match=r"preempt 3 \(phase 2\) refused: .*notWritable"):
                 await runner.request_priority(DEVICE, 2, duration_s=3)
             assert runner.priority.active is None
 

@@ -1,6 +1,7 @@
 """The small core every device family stands on, and the only part of the agent a family imports.
 
 - :mod:`.model`      what a driver hands over: Reading, Event, EvidenceFile, the DeviceSink it calls
+- :mod:`.state`      a family's own small durable state (StateStore, from ``DeviceSink.store``)
 - :mod:`.config`     config primitives: the strict base, secrets, DeviceConfig, YAML loading whose
                      errors name file, line, key path and what was expected
 - :mod:`.units`      durations and sizes in configs (``30s``, ``64MiB``)

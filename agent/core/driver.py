@@ -147,7 +147,9 @@ class Driver(ABC):
     its devices' descriptions and runners, checks across its devices, a frame decoder for the CLI,
     commands for the centre (``commands``), figures for the metrics topic (``metrics``) and
     subcommands of the command line (``add_cli``). Its runners declare what they can do by the
-    classes they derive from (:class:`Runner` methods, :class:`HoldsForCentre`)."""
+    classes they derive from (:class:`Runner` methods, :class:`HoldsForCentre`). What a family
+    must still know after the agent was killed (small, rare writes) it keeps in its own store,
+    ``sink.store(name)`` (:mod:`agent.core.state`), never in the outbox."""
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]]

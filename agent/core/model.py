@@ -9,7 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Awaitable, Literal, Protocol, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Literal, Protocol, Union
+
+if TYPE_CHECKING:
+    from agent.core.state import StateStore
 
 Value = Union[float, int, bool, str, None]
 Quality = Literal["good", "bad", "stale"]
@@ -98,4 +101,11 @@ class DeviceSink(Protocol):
     def latest(self, device_id: str, point: str) -> Reading | None:
         """The latest value read of any device's point (e.g. a signal controller's ``phase2``
         for a camera's red-light rule), or None when it has not been read yet."""
+        ...
+
+    def store(self, family: str) -> "StateStore | None":
+        """The family's own small durable state (:mod:`agent.core.state`), for what it must still
+        know after the agent was killed (a signal controller's mode saved before a held stage).
+        Pass the driver's ``name``. None where the agent has no state directory (then the family
+        keeps that state in memory only)."""
         ...

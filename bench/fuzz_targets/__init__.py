@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "gbt20999.framer": "gbt20999:FramerTarget",
     "gbt20999.client": "gbt20999:ClientTarget",
     "gbt20999.decode": "gbt20999:Decode",
+    "gbt20999.hold_record": "gbt20999:HoldRecordTarget",
     "config": "config_files:Config",
     "model.manifest": "config_files:Manifest",
     "commands": "commands:Commands",

@@ -225,3 +225,44 @@ class Decode(HexDecode):
 
     def frame_bytes(self, rng: random.Random) -> bytes:
         return stream_input(rng) if rng.random() < 0.3 else frame_input(rng)
+
+
+class HoldRecordTarget(Target):
+    """A hold record file as the next start reads it back (hold_record.py, agent/core/state.py):
+    what a disk fault or a hand edit leaves. StateUnreadable (a ValueError) only; a record that
+    parses must carry numbers the link can set."""
+
+    name = "gbt20999.hold_record"
+    share = 3
+    on_loop = False   # read in a worker thread at start
+    allowed = (ValueError,)
+
+    def setup(self, workdir: Path) -> None:
+        from agent.core.state import StateStore
+        from firmware_bridges.signal_controller.gbt20999 import hold_record
+
+        self.hold_record = hold_record
+        self.store = StateStore(workdir / "hold-records")
+        self.store.put("seed", hold_record.HoldRecord("tsc-gb", "gbt20999 udp 192.0.2.30:4050 road 1", 0x21, 2, 1,
+                                                      1_795_283_001_484, 1_795_283_031_484).document())
+        self.seeds = [self.store.path("seed").read_bytes(), b'{"format": 1}', b"[]", b"null"]
+        self.record: Any = None
+
+    def generate(self, rng: random.Random) -> bytes:
+        if rng.random() < 0.1:
+            return random_bytes(rng)
+        return mutate_bytes(rng, rng.choice(self.seeds), self.seeds)
+
+    def to_bytes(self, case: bytes) -> bytes:
+        return case
+
+    def feed(self, case: bytes) -> None:
+        self.record = None
+        self.store.path("case").write_bytes(case)
+        self.record = self.hold_record.read(self.store, "case")
+
+    def check(self, case: bytes) -> None:
+        record = self.record
+        if record is not None and not (0 <= record.run_mode <= 255 and 0 <= record.plan <= 255
+                                       and 1 <= record.stage <= 255):
+            self.problem("record out of range", repr(record)[:300])

@@ -98,3 +98,6 @@ class CheckingSink:
 
     def latest(self, device_id: str, point: str) -> Reading | None:
         return self.latest_values.get((device_id, point))
+
+    def store(self, family: str) -> None:
+        return None   # no state directory: a family keeps its state in memory (no disk in a fuzz run)

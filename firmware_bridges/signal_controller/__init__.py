@@ -56,7 +56,12 @@ class SignalControllerDriver(Driver):
         problems = self.validate_devices(devices)
         if problems:
             raise ConfigError(problems)
-        return [SignalRunner(device, self.options(device), sink) for device in devices]
+        runners = [SignalRunner(device, self.options(device), sink) for device in devices]
+        # holds a killed run left on controllers no longer configured: said once, kept (hold_record.py)
+        from firmware_bridges.signal_controller.gbt20999.hold_record import report_orphans
+        report_orphans(sink.store(self.name), {r.device_id: r.link.describe for r in runners
+                                               if r.options.protocol == "gbt20999"}, sink)
+        return runners
 
     def commands(self) -> dict[str, Any]:
         from firmware_bridges.signal_controller.commands import priority

@@ -142,6 +142,9 @@ class PriorityManager:
             check = getattr(self.link, "check_request", None)   # a link that can tell a wrong mapping (GB/T 20999)
             if check is not None:
                 check(number, phase)
+            until = getattr(self.link, "hold_until", None)   # a link that records its hold (GB/T 20999)
+            if until is not None:
+                until(self._expiry_ms(held, config, granted))
             await self._assert(number, phase)
             now, wall = self.clock.monotonic(), self.clock.now_ms()
             self._last_heard = now   # a request is the centre talking
@@ -184,6 +187,14 @@ class PriorityManager:
             for number in self._pending:
                 self._pending[number] = now
             self._poke()
+
+    def left_held(self, number: int) -> None:
+        """A previous run was stopped while it held ``number`` (the link found its record): take
+        it back like a release that failed, at once when the controller answers, and retried
+        every ``release_retry`` until it lands."""
+        self._pending.setdefault(number, self.clock.monotonic() + self._retry_interval())
+        self._sync_pending()
+        self._poke()
 
     def observe(self, status: ControllerStatus) -> None:
         """Each poll: note when the requested phase actually shows green (for logs and events)."""
@@ -293,6 +304,14 @@ class PriorityManager:
         granted = min(max(float(duration_s), config.min_duration), config.max_duration)
         return granted, granted != duration_s
 
+    def _expiry_ms(self, held: _Held | None, config: PriorityConfig, granted: float) -> int:
+        """When the hold about to be (re)sent ends, as the grant or its extension will say."""
+        wall = self.clock.now_ms()
+        if held is None:
+            return wall + round(granted * 1000)
+        limit = held.grant.started_ms + round(config.hold_limit * 1000)
+        return max(held.grant.expires_ms, min(wall + round(granted * 1000), limit))
+
     def _extend(self, held: _Held, config: PriorityConfig, granted: float, clamped: bool, requested: float,
                 source: str | None, now: float, wall: int) -> PriorityGrant:
         limit = held.started + config.hold_limit
@@ -322,7 +341,8 @@ class PriorityManager:
             raise ControllerOffline(f"{self.device_id} did not answer the priority request for phase {phase}: "
                                     f"{exc}") from None
         except Refused as exc:
-            raise Refused(f"{self.device_id}: the controller refused preempt {number} (phase {phase}): {exc}") from None
+            # the controller's error, or (GB/T 20999) the hold's record that could not be written
+            raise Refused(f"{self.device_id}: preempt {number} (phase {phase}) refused: {exc}") from None
 
     async def _end(self, reason: str) -> PriorityGrant | None:
         held = self._held

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.core.clock import SYSTEM, Clock
 from agent.core.config import DeviceConfig
-from agent.core.model import DeviceSink, Event, Reading, Value
+from agent.core.model import DeviceSink, Event, Reading, Severity, Value
 from agent.core.driver import HoldsForCentre, Runner
 from firmware_bridges.signal_controller.errors import PriorityRefused
 from firmware_bridges.signal_controller.ntcip import NtcipLink
@@ -31,6 +31,7 @@ from firmware_bridges.signal_controller.phases import ControllerStatus, PhaseTra
 from firmware_bridges.signal_controller.priority import PriorityGrant, PriorityManager
 
 log = logging.getLogger("firmware_bridges.signal_controller")
+FAMILY = "signal_controller"   # the driver's name: its state store (DeviceSink.store)
 
 
 class SignalRunner(Runner, HoldsForCentre):
@@ -48,6 +49,7 @@ class SignalRunner(Runner, HoldsForCentre):
             self.link = Gbt20999Link(device.id, options, device.poll, clock=clock)
             self.link.audit = self._audit
             self.link.on_report = self._report
+            self.link.records = sink.store(FAMILY)   # the hold's record survives a killed agent
         else:
             from firmware_bridges.signal_controller.modbus_io import ModbusIoLink   # late: pymodbus only if used
             self.link = ModbusIoLink(device, options, clock=clock)
@@ -63,6 +65,10 @@ class SignalRunner(Runner, HoldsForCentre):
     # -- Runner ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        load = getattr(self.link, "load_record", None)   # GB/T 20999: a hold a killed run left
+        left = await load() if load is not None else None
+        if left is not None:
+            self.priority.left_held(left)
         link = asyncio.create_task(self.link.run(self._on_status, self._on_state), name=f"{self.device_id}:link")
         watchdog = asyncio.create_task(self.priority.run(), name=f"{self.device_id}:priority")
         try:
@@ -183,16 +189,16 @@ class SignalRunner(Runner, HoldsForCentre):
         readings += [Reading(name, value, "s" if name.endswith("_s") else None, t) for name, value in status.extra.items()]
         return readings
 
-    def _audit(self, step: str, data: dict[str, Any]) -> None:
+    def _audit(self, step: str, data: dict[str, Any], severity: Severity = "info") -> None:
         """A step of holding a stage or giving the controller its own mode back (GB/T 20999)."""
-        self._emit("signal.control", {"step": step, **data})
+        self._emit("signal.control", {"step": step, **data}, severity)
 
     def _report(self, kind: str, data: dict[str, Any]) -> None:
         self._emit(kind, data)
 
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+    def _emit(self, kind: str, data: dict[str, Any], severity: Severity = "info") -> None:
         try:
-            self.sink.event(self.device_id, Event(kind, "info", data))
+            self.sink.event(self.device_id, Event(kind, severity, data))
         except Exception:   # noqa: BLE001 - the agent's problem must not stop the controller's link
             log.exception("sink rejected event %s of %s", kind, self.device_id)
 

@@ -15,8 +15,8 @@ so a bug in the bridge's codec cannot hide behind the same bug here. Like the ca
 Layout it serves: vehicle phase p drives lamp group p (type 1), a pedestrian head p lamp group
 32 + p (type 3); stage s is the plan's s-th stage; detector d sits on phase d (present while the
 phase is not green, one vehicle counted per green). Run mode starts at 0x21 (local fixed time),
-plan at 1. Holding stage s serves it like the NTCIP simulator's preempt s: its first phase turns
-green after a yellow and an all-red and stays green until the hold ends; the run mode then shows
+plan at 1. Holding stage s serves it like the NTCIP simulator's preempt s: all its phases turn
+green after a yellow and an all-red (or keep the green they have) and stay green until the hold ends; the run mode then shows
 0x15 (centre manual). Setting a run mode other than 0x15 ends the hold.
 
 Faults (:attr:`Gbt20999Sim.fault`): ``None``; ``"silent"`` (no answer); ``"error"`` (every query
@@ -134,7 +134,7 @@ class Gbt20999Sim:
                  tcp: tuple[str, int] | None = None, serial: str | None = None,
                  clock: Callable[[], float] = time.time,
                  echo_seq: bool = False, plans: tuple[int, ...] = (1, 2)):
-        stages = {s: stage.phases[0] for s, stage in enumerate(plan.stages, 1)}
+        stages = {s: tuple(stage.phases) for s, stage in enumerate(plan.stages, 1)}   # a held stage: all its phases green
         self.controller = Controller(plan, stages, clock)
         self.udp_bind, self.tcp_bind = udp, tcp
         self.serial_path = serial          # the simulator's end of a pty pair (RS-232: escaped frames)

@@ -171,7 +171,8 @@ class Controller:
     """Fixed-time plan plus preemption. Thread-safe: faces and tests call it from any thread."""
 
     plan: Plan = DEFAULT_PLAN
-    preempts: Mapping[int, int] = field(default_factory=lambda: {1: 2, 2: 4})   # preempt number -> dwell phase
+    # preempt number -> dwell phase, or the phases of a stage held green together (GB/T 20999)
+    preempts: Mapping[int, int | tuple[int, ...]] = field(default_factory=lambda: {1: 2, 2: 4})
     clock: Callable[[], float] = time.time
     t0: float = 0.0
     mode: str = "plan"
@@ -185,9 +186,15 @@ class Controller:
 
     def __post_init__(self) -> None:
         self.t0 = self.t0 or self.clock()
-        for number, phase in self.preempts.items():
-            if phase not in self.plan.phases:
-                raise ValueError(f"preempt {number}: dwell phase {phase} is not in the plan")
+        for number in self.preempts:
+            for phase in self.dwell(number):
+                if phase not in self.plan.phases:
+                    raise ValueError(f"preempt {number}: dwell phase {phase} is not in the plan")
+
+    def dwell(self, number: int) -> tuple[int, ...]:
+        """The phases preempt ``number`` holds green."""
+        phases = self.preempts[number]
+        return (phases,) if isinstance(phases, int) else tuple(phases)
 
     @property
     def yellow(self) -> float:
@@ -253,23 +260,23 @@ class Controller:
             self._exit(now)
             return True
         # exit finished: back to the plan, at the stage after the dwell phase's
-        dwell_stage = self.plan.stage_of(self.preempts[self.active or 0])
+        dwell_stage = self.plan.stage_of(self.dwell(self.active or 0)[0])
         self.t0 = at - self.plan.start_of(dwell_stage + 1)
         self.preempt_log.append((at, "plan", self.active or 0))
         self.mode, self.active = "plan", None
         return True
 
     def _enter(self, number: int, now: float) -> None:
-        dwell = self.preempts[number]
+        dwell = self.dwell(number)
         vehicles = signal_state_at(self.plan_time(now), self.plan)
         peds = ped_state_at(self.plan_time(now), self.plan)
         clearing_peds = {p: ("flashing" if s != "dont_walk" else "dont_walk") for p, s in peds.items()}
         all_dont_walk = {p: "dont_walk" for p in peds}
         segments = []
-        if vehicles[dwell] == "green":
-            movers = [p for p, c in vehicles.items() if p != dwell and c != "red"]
-            if movers:   # the dwell phase keeps its green; its partners clear
-                colours = {p: ("yellow" if p in movers else "green" if p == dwell else "red") for p in vehicles}
+        if all(vehicles[p] == "green" for p in dwell):
+            movers = [p for p, c in vehicles.items() if p not in dwell and c != "red"]
+            if movers:   # the dwell phases keep their green; their partners clear
+                colours = {p: ("yellow" if p in movers else "green" if p in dwell else "red") for p in vehicles}
                 segments.append(_Segment(now + self.yellow, colours, clearing_peds))
         else:
             movers = [p for p, c in vehicles.items() if c != "red"]
@@ -282,10 +289,10 @@ class Controller:
         self.preempt_log.append((now, "entry", number))
 
     def _exit(self, now: float) -> None:
-        dwell = self.preempts[self.active or 0]
+        dwell = self.dwell(self.active or 0)
         peds = {p: "dont_walk" for p in self.plan.peds}
         self.segments = [
-            _Segment(now + self.yellow, {p: ("yellow" if p == dwell else "red") for p in self.plan.phases}, peds),
+            _Segment(now + self.yellow, {p: ("yellow" if p in dwell else "red") for p in self.plan.phases}, peds),
             _Segment(now + self.yellow + self.all_red, {p: "red" for p in self.plan.phases}, peds),
         ]
         self.mode, self.segment_start = "exit", now
@@ -303,8 +310,8 @@ class Controller:
                 index, offset = self.plan.locate(t)
                 clearance_t = offset - self.plan.stages[index].walk
             elif self.mode == "dwell":
-                dwell = self.preempts[self.active or 0]
-                vehicles = {p: ("green" if p == dwell else "red") for p in self.plan.phases}
+                dwell = self.dwell(self.active or 0)
+                vehicles = {p: ("green" if p in dwell else "red") for p in self.plan.phases}
                 peds = {p: "dont_walk" for p in self.plan.peds}
                 clearance_t = 0.0
             else:
@@ -321,7 +328,7 @@ class Controller:
                     states[number] = NOT_ACTIVE_WITH_CALL
                 else:
                     states[number] = NOT_ACTIVE
-            dwell_phase = self.preempts[self.active] if self.active is not None else None
+            dwell_phase = self.dwell(self.active)[0] if self.active is not None else None
             return View(self.mode, vehicles, peds, lamps, states, dwell_phase)
 
 

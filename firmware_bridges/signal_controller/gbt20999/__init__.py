@@ -9,4 +9,5 @@ Modules, one job each:
 - :mod:`.client`   requests and answers over the transport kit (UDP, TCP, RS-232): matching, heartbeats, traps
 - :mod:`.link`     the runner's link: polls state into phase colours, holds a stage and restores the
                    controller's own run mode and plan
+- :mod:`.hold_record` the durable record of a hold, so a run killed during it is undone by the next
 """

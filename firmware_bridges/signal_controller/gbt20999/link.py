@@ -14,12 +14,16 @@ stage configured for the phase, after :meth:`Gbt20999Link.check_request` made su
 stage table 06.02.02.s, that the stage serves that phase). No GB/T 20999 control object carries
 a duration, and the priority status tables (08.03, 08.06) are read-only, so the agent owns the hold:
 
-1. before the first hold the road's run mode and plan are read and kept (audited: ``saved``);
+1. before the first hold the road's run mode and plan are read and kept (audited: ``saved``),
+   and written with the stage and the hold's end to the hold's durable record
+   (:mod:`.hold_record`) before anything is set, so a run killed during the hold is undone by
+   the next one (:meth:`Gbt20999Link.load_record`); the record goes once the restore lands;
 2. where the controller needs it (``hold_mode``), the specified run mode is set (11.01.04.r),
    then the specified stage (11.01.02.r); the priority manager re-sends it every ``reassert``;
 3. to let go, the plan is set back if it changed (11.01.03.r), then the run mode (11.01.04.r):
    the controller runs its own schedule again (audited: ``restored``). If that fails the
-   priority manager retries until it lands, and at once when the controller answers again.
+   priority manager retries until it lands, and at once when the controller answers again
+   (audited ``restore_failed`` once a series).
 
 What a controller does by itself when the centre goes quiet is vendor-defined: configure its own
 centre-loss fallback where it has one.
@@ -36,11 +40,14 @@ from typing import Any
 
 from agent.core.backoff import Retry
 from agent.core.clock import SYSTEM, Clock
+from agent.core.state import StateStore, StateUnreadable
 from firmware_bridges.signal_controller.errors import BadAnswer, NoAnswer, Refused
+from firmware_bridges.signal_controller.gbt20999 import hold_record
 from firmware_bridges.signal_controller.gbt20999 import objects as o
 from firmware_bridges.signal_controller.gbt20999.client import FRAMES, Gbt20999Client
 from firmware_bridges.signal_controller.gbt20999.codec import DataValue, Frame
 from firmware_bridges.signal_controller.gbt20999.decode import value_dict
+from firmware_bridges.signal_controller.gbt20999.hold_record import HoldRecord
 from firmware_bridges.signal_controller.gbt20999.options import Gbt20999Connection
 from firmware_bridges.signal_controller.options import Options
 from firmware_bridges.signal_controller.phases import ControllerStatus, Lamp
@@ -57,6 +64,7 @@ _VEHICLE = {0x10: "red", 0x11: "red", 0x12: "red", 0x40: "red", 0x20: "green", 0
 # green flashing is the pedestrian clearance (the Chinese walk signal flashes before red)
 _PED = {0x10: "dont_walk", 0x11: "dont_walk", 0x12: "dont_walk", 0x20: "walk", 0x21: "flashing",
         0x22: "flashing", 0x01: "dark"}
+RESTARTED = "agent restarted during a hold"
 _RANK = {"green": 3, "walk": 3, "flashing": 2, "yellow": 2, "red": 1, "dont_walk": 1, "dark": 0}
 
 
@@ -82,7 +90,7 @@ class Layout:
         return sorted({g for gs in (*self.vehicle.values(), *self.ped.values()) for g in gs})
 
 
-AuditCallback = Callable[[str, dict[str, Any]], None]
+AuditCallback = Callable[..., None]   # (step, data, severity="info")
 
 
 class Gbt20999Link(PollLoop):
@@ -106,12 +114,19 @@ class Gbt20999Link(PollLoop):
         self._backoff = Retry(options.backoff)
         self.answers = FRAMES
         self.client = Gbt20999Client(device_id, c, backoff=options.backoff, clock=clock, on_trap=self._trap)
-        self.audit: AuditCallback = lambda step, data: None
+        self.audit: AuditCallback = lambda step, data, severity="info": None
         self.on_report: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
         self.layout: Layout | None = None
         self._stage: int | None = None
         self.saved: tuple[int, int] | None = None   # (run mode, plan) before the hold
         self.held_stage: int | None = None
+        # the hold's durable record (hold_record.py); None: no state directory, memory only
+        self.records: StateStore | None = None
+        self.hold_expires_ms: int | None = None
+        self.restart_reason: str | None = None     # restoring a hold a killed run left
+        self._recorded: tuple[int, int | None] | None = None   # (stage, expires_ms) on disk
+        self._records_loaded = False
+        self.restore_failures = 0   # in a row, before the restore lands
         self.heartbeat_failures = 0
         self.stage_phases: dict[int, list[int]] = {}   # stage -> the phases priority.preempt holds it for
         for phase, stage in (options.priority.preempts.items() if options.priority else ()):
@@ -235,12 +250,21 @@ class Gbt20999Link(PollLoop):
 
     async def _hold(self, stage: int) -> None:
         c, r = self.connection, self.connection.road
-        if self.saved is None:
+        read_now = self.saved is None
+        if read_now:
             values = await self.client.query([o.run_mode(r), o.current_plan(r)])
             self.saved = (o.uint(values[o.run_mode(r)]), o.uint(values[o.current_plan(r)]))
             self.audit("saved", {"run_mode": o.RUN_MODES.get(self.saved[0], self.saved[0]),
                                  "run_mode_code": self.saved[0], "plan": self.saved[1]})
         first = self.held_stage != stage
+        if first or self._recorded != (stage, self.hold_expires_ms):
+            try:   # on disk before the controller is asked: a run killed during the hold restores it
+                await self._write_record(stage)
+            except OSError as exc:
+                if read_now and self.held_stage is None:
+                    self.saved = None
+                raise Refused(f"{self.device_id}: the hold was not sent: its record could not be written "
+                              f"({exc}); a hold the agent could not undo after a restart is not started") from None
         try:
             if c.hold_mode is not None and first:
                 await self.client.set([DataValue(*o.specified_mode(r), bytes((c.hold_mode,)))])
@@ -253,14 +277,23 @@ class Gbt20999Link(PollLoop):
                     with contextlib.suppress(NoAnswer, Refused):
                         await self._restore()
                 self.saved = None
+                await self._forget_record()
             raise
+        self.restart_reason = None   # a hold a killed run left is this run's own now: restored when it ends
         if first:
             self.held_stage = stage
             self.audit("hold", {"stage": stage, "run_mode_code": c.hold_mode})
 
+    def hold_until(self, expires_ms: int) -> None:
+        """The priority manager says when the hold it is about to (re)send ends, for the record."""
+        self.hold_expires_ms = expires_ms
+
     def check_request(self, stage: int, phase: int) -> None:
         """Before a hold (the priority manager asks): refuse a stage that does not serve the phase
         the config holds it for, or the ambulance would get another approach's green."""
+        if self.restart_reason is not None and self.held_stage not in (None, stage):
+            raise Refused(f"{self.device_id}: stage {self.held_stage}, held when the agent was stopped, is being "
+                          "released (the controller's own mode and plan restored): ask again once it is")
         stages = self.layout.stages if self.layout is not None else None
         if stages is None or stage not in stages or phase in stages[stage]:
             return
@@ -282,10 +315,68 @@ class Gbt20999Link(PollLoop):
                 await self.client.set([DataValue(*o.specified_plan(r), bytes((plan,)))])
             await self.client.set([DataValue(*o.specified_mode(r), bytes((mode,)))])
         except Exception as exc:
-            self.audit("restore_failed", {"run_mode_code": mode, "plan": plan, "error": str(exc)})
+            self.restore_failures += 1
+            if self.restore_failures == 1:   # once a series: the retries of an offline controller are no news
+                failed: dict[str, Any] = {"run_mode_code": mode, "plan": plan, "error": str(exc)}
+                if self.restart_reason is not None:
+                    failed["reason"] = self.restart_reason
+                self.audit("restore_failed", failed)
             raise
         self.saved, self.held_stage = None, None
-        self.audit("restored", {"run_mode": o.RUN_MODES.get(mode, mode), "run_mode_code": mode, "plan": plan})
+        data: dict[str, Any] = {"run_mode": o.RUN_MODES.get(mode, mode), "run_mode_code": mode, "plan": plan}
+        if self.restore_failures:
+            data["attempts"], self.restore_failures = self.restore_failures + 1, 0
+        if self.restart_reason is not None:
+            data["reason"], self.restart_reason = self.restart_reason, None
+        await self._forget_record()
+        self.audit("restored", data)
+
+    # -- the hold's record (hold_record.py) --------------------------------------------------------
+
+    async def load_record(self) -> int | None:
+        """At the runner's first start: a hold a previous run left behind (it was killed during
+        it). Its saved mode and plan become this run's, to be restored as soon as the controller
+        answers; returns the stage held (for the priority manager's release retries), or None.
+        An unreadable record is reported (``record_unreadable``) and left in place."""
+        if self.records is None or self._records_loaded:
+            return None
+        self._records_loaded = True
+        try:
+            record = await asyncio.to_thread(hold_record.read, self.records, self.device_id)
+        except (StateUnreadable, OSError) as exc:
+            log.error("%s: the hold record %s cannot be read (%s): if the agent was stopped during a hold, "
+                      "the controller may still hold a stage: check it", self.device_id,
+                      self.records.path(self.device_id), exc)
+            self.audit("record_unreadable", {"record": str(self.records.path(self.device_id)), "error": str(exc)},
+                       "major")
+            return None
+        if record is None or record.controller != self.describe:
+            return None   # another controller's: reported at start (hold_record.report_orphans)
+        self.saved, self.held_stage = (record.run_mode, record.plan), record.stage
+        self.restart_reason = RESTARTED
+        self._recorded = (record.stage, record.expires_ms)
+        log.warning("%s: the agent was stopped while it held stage %d; restoring run mode %#04x and plan %d as "
+                    "soon as the controller answers", self.device_id, record.stage, record.run_mode, record.plan)
+        self.audit("restart_found_hold", {**record.audit(), "reason": RESTARTED})
+        return record.stage
+
+    async def _write_record(self, stage: int) -> None:
+        if self.records is None or self.saved is None:
+            return
+        mode, plan = self.saved
+        record = HoldRecord(self.device_id, self.describe, mode, plan, stage, self.clock.now_ms(), self.hold_expires_ms)
+        await asyncio.to_thread(self.records.put, self.device_id, record.document())
+        self._recorded = (stage, self.hold_expires_ms)
+
+    async def _forget_record(self) -> None:
+        self._recorded = None
+        if self.records is None:
+            return
+        try:
+            await asyncio.to_thread(self.records.delete, self.device_id)
+        except OSError as exc:   # the restore landed; a next run would only restore the same mode again
+            log.error("%s: cannot remove the hold record %s: %s", self.device_id,
+                      self.records.path(self.device_id), exc)
 
     # -- running ---------------------------------------------------------------------------------
 
