@@ -7,7 +7,8 @@ with psutil over the same window in three runs:
   off       no ``web:`` section (nothing listens): the baseline;
   idle      the console on, no browser;
   browsers  the console on, one headless Chromium on the overview page and one on the camera's
-            page (its picture refreshed every second, the rules drawn over it);
+            page (its picture refreshed every second, the rules drawn over it); on the Modbus-only
+            gateway, one on the overview and one on the devices page (every value, each second);
 
 off and idle twice: on a gateway of Modbus devices only (the camera's pipeline moves CPU and RSS
 by more than the console costs idle), and with the camera; the browsers in the same process as
@@ -60,7 +61,7 @@ def measure(pid: int, seconds: float) -> dict[str, float]:
 
 
 def run(label: str, workdir: Path, settings: dict[str, Any], seconds: float, warmup: float,
-        browsers: bool = False) -> tuple[dict[str, float], Any, dict[str, float] | None]:
+        browsers: tuple[str, ...] = ()) -> tuple[dict[str, float], Any, dict[str, float] | None]:
     """One agent process: measured as it is; with ``browsers``, measured again in the same process
     with the two browsers open (the camera's RSS differs more between two runs than the console
     adds, so the browsers' cost is taken within one run)."""
@@ -84,7 +85,7 @@ def run(label: str, workdir: Path, settings: dict[str, Any], seconds: float, war
         _report(label, figures, agent)
         if browsers:
             from tests.web_browser import chrome, login
-            for page in ("#overview", "#camera/cam-01"):
+            for page in browsers:
                 browser = chrome()
                 opened.append(browser)
                 login(browser, base, *ADMIN)
@@ -161,19 +162,22 @@ def main() -> None:
         # figures come from a gateway of Modbus devices only, the browsers' from the camera's
         light = {**settings, "cameras": []}
         light_off, _, _ = run("light off", root / "light-off", light, args.seconds, args.warmup)
-        light_idle, _, _ = run("light idle", root / "light-idle", {**light, "web": web_section()}, args.seconds,
-                               args.warmup)
+        light_idle, _, light_busy = run("light idle", root / "light-idle", {**light, "web": web_section()},
+                                        args.seconds, args.warmup, browsers=("#overview", "#devices"))
         off, _, _ = run("cam off", root / "off", settings, args.seconds, args.warmup)
         idle, latency, _ = run("cam idle", root / "idle", {**settings, "web": web_section()}, args.seconds,
                                args.warmup)
         before, _, busy = run("cam idle", root / "browsers", {**settings, "web": web_section()}, args.seconds,
-                              args.warmup, browsers=True)
+                              args.warmup, browsers=("#overview", "#camera/cam-01"))
     print(f"\nthe console's libraries (aiohttp, prometheus-client, ruamel.yaml) and code: "
           f"RSS {import_cost():+.1f} MiB in a fresh interpreter")
     print(f"added by the console, idle (Modbus gateway):  CPU {light_idle['cpu_percent'] - light_off['cpu_percent']:+5.1f} "
           f"% of a core, RSS {light_idle['rss_mib'] - light_off['rss_mib']:+6.1f} MiB")
     print(f"added by the console, idle (with the camera): CPU {idle['cpu_percent'] - off['cpu_percent']:+5.1f} "
           f"% of a core, RSS {idle['rss_mib'] - off['rss_mib']:+6.1f} MiB")
+    print(f"added by two browsers, Modbus gateway:        CPU "
+          f"{light_busy['cpu_percent'] - light_idle['cpu_percent']:+5.1f} % of a core, RSS "
+          f"{light_busy['rss_mib'] - light_idle['rss_mib']:+6.1f} MiB   (overview and devices pages; same process)")
     print(f"added by two browsers to the idle console:    CPU {busy['cpu_percent'] - before['cpu_percent']:+5.1f} "
           f"% of a core, RSS {busy['rss_mib'] - before['rss_mib']:+6.1f} MiB   (one on the overview, one on the "
           "camera page; same process)")
