@@ -36,7 +36,7 @@ HTTP = boundary("web.http")
 STATIC = Path(__file__).parent / "static"
 COOKIE = "edge_session"
 PUBLIC = {"/login", "/api/login", "/favicon.ico"}
-SESSION_KEY = "session"
+SESSION_KEY = web.RequestKey("session", object)   # the request's Session, or None
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
