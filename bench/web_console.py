@@ -7,11 +7,13 @@ with psutil over the same window in three runs:
   off       no ``web:`` section (nothing listens): the baseline;
   idle      the console on, no browser;
   browsers  the console on, one headless Chromium on the overview page and one on the camera's
-            page (its picture refreshed every second, the rules drawn over it);
+            page (its picture refreshed every second, the rules drawn over it); on the Modbus-only
+            gateway, one on the overview and one on the devices page (every value, each second);
 
 off and idle twice: on a gateway of Modbus devices only (the camera's pipeline moves CPU and RSS
-by more than the console costs idle), and with the camera (the baseline of the browsers' run);
-and what importing the console's libraries adds to a fresh interpreter;
+by more than the console costs idle), and with the camera; the browsers in the same process as
+an idle measurement just before (two agent runs with the camera differ by tens of MiB, more than
+the browsers cost); and what importing the console's libraries adds to a fresh interpreter;
 
 then the camera picture's latency from a client polling it: the request's time (p50/p95: mostly
 the JPEG encoding when the cached picture is older than ``picture_interval``) and the age of the
@@ -59,13 +61,17 @@ def measure(pid: int, seconds: float) -> dict[str, float]:
 
 
 def run(label: str, workdir: Path, settings: dict[str, Any], seconds: float, warmup: float,
-        browsers: bool = False) -> tuple[dict[str, float], Any]:
+        browsers: tuple[str, ...] = ()) -> tuple[dict[str, float], Any, dict[str, float] | None]:
+    """One agent process: measured as it is; with ``browsers``, measured again in the same process
+    with the two browsers open (the camera's RSS differs more between two runs than the console
+    adds, so the browsers' cost is taken within one run)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "gateway.yaml"
     settings = {**settings, "buffer": {"path": str(workdir / "outbox.db"), "max_bytes": "64MiB"},
                 "agent": {**settings["agent"], "state_dir": str(workdir / "state")}}
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     opened: list[Any] = []
+    busy = latency = None
     with AgentProcess(config, workdir / "agent.log", check_loop=False).start() as agent:
         if settings.get("cameras"):
             agent.wait_status(lambda s: s["devices"].get("cam-01", {}).get("online"), 60)
@@ -74,25 +80,31 @@ def run(label: str, workdir: Path, settings: dict[str, Any], seconds: float, war
         base = f"http://127.0.0.1:{settings['web']['port']}" if "web" in settings else None
         if base:
             Client(base).wait_up()
+        time.sleep(warmup)
+        figures = measure(agent.pid, seconds)
+        _report(label, figures, agent)
         if browsers:
             from tests.web_browser import chrome, login
-            for page in ("#overview", "#camera/cam-01"):
+            for page in browsers:
                 browser = chrome()
                 opened.append(browser)
                 login(browser, base, *ADMIN)
                 browser.get(base + "/" + page)
-        time.sleep(warmup)
-        figures = measure(agent.pid, seconds)
-        latency = picture_latency(base, seconds) if base and not browsers and settings.get("cameras") else None
-        for browser in opened:
-            browser.quit()
-        loop = (agent.status() or {}).get("loop", {})
-        figures["loop_max_ms"] = loop.get("max_callback_ms") or 0.0
-        figures["loop_max"] = loop.get("max_callback") or "?"
+            time.sleep(warmup)
+            busy = measure(agent.pid, seconds)
+            _report("+browsers", busy, agent)
+            for browser in opened:
+                browser.quit()
+        elif base and settings.get("cameras"):
+            latency = picture_latency(base, seconds)
+    return figures, latency, busy
+
+
+def _report(label: str, figures: dict[str, float], agent: AgentProcess) -> None:
+    loop = (agent.status() or {}).get("loop", {})
     print(f"{label:10} agent CPU {figures['cpu_percent']:5.1f} % of a core, RSS {figures['rss_mib']:6.1f} MiB "
-          f"(max {figures['rss_max_mib']:.1f}), longest loop callback {figures['loop_max_ms']:.1f} ms "
-          f"({figures['loop_max']})", flush=True)
-    return figures, latency
+          f"(max {figures['rss_max_mib']:.1f}); longest loop callback so far {loop.get('max_callback_ms') or 0:.1f} ms "
+          f"({loop.get('max_callback') or '?'})", flush=True)
 
 
 def picture_latency(base: str, seconds: float) -> dict[str, float]:
@@ -149,21 +161,26 @@ def main() -> None:
         # the camera's pipeline moves CPU and RSS by more than the console costs idle: the idle
         # figures come from a gateway of Modbus devices only, the browsers' from the camera's
         light = {**settings, "cameras": []}
-        light_off, _ = run("light off", root / "light-off", light, args.seconds, args.warmup)
-        light_idle, _ = run("light idle", root / "light-idle", {**light, "web": web_section()}, args.seconds,
-                            args.warmup)
-        off, _ = run("cam off", root / "off", settings, args.seconds, args.warmup)
-        idle, latency = run("cam idle", root / "idle", {**settings, "web": web_section()}, args.seconds, args.warmup)
-        busy, _ = run("browsers", root / "browsers", {**settings, "web": web_section()}, args.seconds, args.warmup,
-                      browsers=True)
+        light_off, _, _ = run("light off", root / "light-off", light, args.seconds, args.warmup)
+        light_idle, _, light_busy = run("light idle", root / "light-idle", {**light, "web": web_section()},
+                                        args.seconds, args.warmup, browsers=("#overview", "#devices"))
+        off, _, _ = run("cam off", root / "off", settings, args.seconds, args.warmup)
+        idle, latency, _ = run("cam idle", root / "idle", {**settings, "web": web_section()}, args.seconds,
+                               args.warmup)
+        before, _, busy = run("cam idle", root / "browsers", {**settings, "web": web_section()}, args.seconds,
+                              args.warmup, browsers=("#overview", "#camera/cam-01"))
     print(f"\nthe console's libraries (aiohttp, prometheus-client, ruamel.yaml) and code: "
           f"RSS {import_cost():+.1f} MiB in a fresh interpreter")
     print(f"added by the console, idle (Modbus gateway):  CPU {light_idle['cpu_percent'] - light_off['cpu_percent']:+5.1f} "
           f"% of a core, RSS {light_idle['rss_mib'] - light_off['rss_mib']:+6.1f} MiB")
     print(f"added by the console, idle (with the camera): CPU {idle['cpu_percent'] - off['cpu_percent']:+5.1f} "
           f"% of a core, RSS {idle['rss_mib'] - off['rss_mib']:+6.1f} MiB")
-    print(f"added by the console, two browsers:           CPU {busy['cpu_percent'] - off['cpu_percent']:+5.1f} "
-          f"% of a core, RSS {busy['rss_mib'] - off['rss_mib']:+6.1f} MiB   (one on the overview, one on the camera page)")
+    print(f"added by two browsers, Modbus gateway:        CPU "
+          f"{light_busy['cpu_percent'] - light_idle['cpu_percent']:+5.1f} % of a core, RSS "
+          f"{light_busy['rss_mib'] - light_idle['rss_mib']:+6.1f} MiB   (overview and devices pages; same process)")
+    print(f"added by two browsers to the idle console:    CPU {busy['cpu_percent'] - before['cpu_percent']:+5.1f} "
+          f"% of a core, RSS {busy['rss_mib'] - before['rss_mib']:+6.1f} MiB   (one on the overview, one on the "
+          "camera page; same process)")
     if latency:
         print(f"camera picture ({latency['requests']} requests): request p50 {latency['p50_ms']:.1f} ms, "
               f"p95 {latency['p95_ms']:.1f} ms; frame age on arrival p50 {latency['age_p50_ms']:.0f} ms, "

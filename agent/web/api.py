@@ -32,6 +32,12 @@ def refuse(status: int, code: str, message: str) -> web.Response:
     return json({"error": {"code": code, "message": message}}, status)
 
 
+def failure(kind: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
+    """An HTTP error to raise from deep in a handler, with the console's JSON body."""
+    return kind(text=orjson.dumps({"error": {"code": code, "message": message}}).decode(),
+                content_type="application/json")
+
+
 class Api:
     def __init__(self, console: "WebConsole"):
         self.console = console
@@ -61,9 +67,8 @@ class Api:
     def _agent(self) -> Any:
         agent = self.console.agent
         if agent is None:
-            raise web.HTTPServiceUnavailable(text=orjson.dumps({"error": {
-                "code": "restarting", "message": "the agent is restarting (a new config); try again in a moment"}}
-            ).decode(), content_type="application/json")
+            raise failure(web.HTTPServiceUnavailable, "restarting",
+                          "the agent is restarting (a new config); try again in a moment")
         return agent
 
     def _snapshot(self) -> dict[str, Any]:
@@ -78,11 +83,9 @@ class Api:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            raise web.HTTPBadRequest(text='{"error":{"code":"malformed","message":"the request body is not JSON"}}',
-                                     content_type="application/json") from None
+            raise failure(web.HTTPBadRequest, "malformed", "the request body is not JSON") from None
         if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text='{"error":{"code":"malformed","message":"expected a JSON object"}}',
-                                     content_type="application/json")
+            raise failure(web.HTTPBadRequest, "malformed", "expected a JSON object")
         return body
 
     def _device(self, request: web.Request) -> tuple[Any, Any]:
@@ -90,9 +93,7 @@ class Api:
         device_id = request.match_info["device"]
         device = next((d for d in agent.config.all_devices if d.id == device_id and d.enabled), None)
         if device is None:
-            raise web.HTTPNotFound(text=orjson.dumps({"error": {"code": "unknown_device",
-                                                                "message": f"no device {device_id!r}"}}).decode(),
-                                   content_type="application/json")
+            raise failure(web.HTTPNotFound, "unknown_device", f"no device {device_id!r}")
         return agent, device
 
     # -- overview and devices ---------------------------------------------------------------------
@@ -162,9 +163,7 @@ class Api:
         agent, device = self._device(request)
         runner = agent.runner_for(device.id)
         if not isinstance(runner, ShowsPicture):
-            raise web.HTTPNotFound(text=orjson.dumps({"error": {"code": "unsupported",
-                                                                "message": f"{device.id} has no picture"}}).decode(),
-                                   content_type="application/json")
+            raise failure(web.HTTPNotFound, "unsupported", f"{device.id} has no picture")
         return agent, device, runner
 
     async def cameras(self, request: web.Request) -> web.Response:

@@ -20,13 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from agent.core.boundary import boundary
 from agent.core.ratelimit import Throttle
 from agent.web import passwords
-from agent.web.api import Api, json, refuse
+from agent.web.api import Api, failure, json, refuse
 from agent.web.config import Web
 from agent.web.events import EventLog
 from agent.web.metrics import exposition, registry
@@ -37,7 +36,7 @@ HTTP = boundary("web.http")
 STATIC = Path(__file__).parent / "static"
 COOKIE = "edge_session"
 PUBLIC = {"/login", "/api/login", "/favicon.ico"}
-SESSION_KEY = "session"
+SESSION_KEY = web.RequestKey("session", object)   # the request's Session, or None
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
@@ -239,9 +238,7 @@ class WebConsole:
 
     def require_admin(self, request: web.Request) -> None:
         if not self.session_of(request).admin:
-            raise web.HTTPForbidden(text=orjson.dumps({"error": {
-                "code": "forbidden", "message": "this needs an admin account; yours may only look"}}).decode(),
-                content_type="application/json")
+            raise failure(web.HTTPForbidden, "forbidden", "this needs an admin account; yours may only look")
 
     async def login(self, request: web.Request) -> web.Response:
         body = await self.api._body(request)   # noqa: SLF001 - the one JSON reader
