@@ -11,7 +11,8 @@ import time
 import orjson
 import pytest
 
-from tests.agent_proc import AgentProcess, agent_config
+from tests.agent_proc import AgentProcess
+from tests.priority_e2e import request_priority, start_agent
 from tests.fakes import eventually
 from tests.hardware_sim.gbt20999_controller import Gbt20999Sim
 from tests.hardware_sim.signal_controller import FAST_PLAN
@@ -31,27 +32,17 @@ def gbsim():
 
 
 def start(tmp_path, broker, sim, preempts=None):
-    key_file = tmp_path / "command.key"
-    key_file.write_bytes(KEY)
-    key_file.chmod(0o600)
     device = {"id": DEVICE, "driver": "signal_controller", "protocol": "gbt20999", "poll": "200ms",
               "connection": {"transport": "udp", "host": "127.0.0.1", "port": sim.udp_address[1], "local_port": 0,
                              "timeout": "300ms"},
               "phases": PHASES, "offline_after": 2, "backoff": {"initial": "200ms", "max": "500ms"},
               "report": {"mode": "on_change", "max_silence": "10s"},
               "priority": {"preempt": preempts or {2: 1, 4: 2}, "min_duration": "1s", "max_duration": "20s"}}
-    config = agent_config(tmp_path, broker_port=broker.port, gateway=GW, site=SITE, devices=[device],
-                          commands={"key": {"file": str(key_file)}, "allow": ["signal.priority"]})
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 15)
-    return agent
+    return start_agent(tmp_path, broker, device, KEY, gateway=GW, site=SITE)
 
 
 def request(centre, phase, duration_s):
-    sent = centre.send_command("signal.priority", {"device": DEVICE, "phase": phase, "duration_s": duration_s},
-                               key=KEY)
-    centre.wait_for(lambda c: c.last("cmd_result", sent["id"]), 5)
-    return centre.last("cmd_result", sent["id"]).body
+    return request_priority(centre, DEVICE, KEY, phase, duration_s)
 
 
 def not_green(sim) -> int:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.agent_proc import AgentProcess, agent_config
+from tests.priority_e2e import request_priority, start_agent
 from tests.fakes import eventually
 from tests.test_signal_controller import DEVICE, ENTRY_BOUND_S, not_green_phase, ntcip_entry, sim  # noqa: F401
 
@@ -19,22 +19,12 @@ KEY = b"prio-key-0123456789abcdef0123456"
 
 
 def start(tmp_path, broker, sim, **commands):  # noqa: F811
-    key_file = tmp_path / "command.key"
-    key_file.write_bytes(KEY)
-    key_file.chmod(0o600)
     device = ntcip_entry(sim.snmp_address[1], poll="200ms", max_duration="20s")
-    config = agent_config(tmp_path, broker_port=broker.port, gateway=GW, site=SITE, devices=[device],
-                          commands={"key": {"file": str(key_file)}, "allow": ["signal.priority"], **commands})
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    agent.wait_status(lambda s: s["uplink"]["state"] == "connected", 15)
-    return agent
+    return start_agent(tmp_path, broker, device, KEY, gateway=GW, site=SITE, **commands)
 
 
 def request(centre, phase, duration_s):
-    sent = centre.send_command("signal.priority", {"device": DEVICE, "phase": phase, "duration_s": duration_s},
-                               key=KEY)
-    centre.wait_for(lambda c: c.last("cmd_result", sent["id"]), 5)
-    return centre.last("cmd_result", sent["id"]).body
+    return request_priority(centre, DEVICE, KEY, phase, duration_s)
 
 
 def wait(predicate, timeout):
