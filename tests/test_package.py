@@ -87,10 +87,10 @@ def test_install_creates_the_user_the_directories_and_enables_the_unit(gateway, 
     assert int(user[2]) < 1000 and user[5] == STATE_DIR and user[6] == "/usr/sbin/nologin", user
     with pytest.raises(KeyError):
         pwd.getpwnam("edge-agent")   # on the scratch machine only
-    modes = machine.run("stat", "-c", "%n %U %G %a", "/etc/edge-agent", CONFIG, STATE_DIR, check=True).stdout
     # sticky, group-writable: config.apply replaces the config, the secrets beside it stay root's
-    assert modes.splitlines() == ["/etc/edge-agent root edge-agent 1770", f"{CONFIG} edge-agent edge-agent 640",
-                                  f"{STATE_DIR} edge-agent edge-agent 750"]
+    assert installed.modes(machine, "/etc/edge-agent", CONFIG, STATE_DIR) == [
+        "/etc/edge-agent root edge-agent 1770", f"{CONFIG} edge-agent edge-agent 640",
+        f"{STATE_DIR} edge-agent edge-agent 750"]
     assert machine.run("sh", "-c", "command -v edge-agent").stdout.strip() == "/usr/bin/edge-agent"
     version = machine.run("edge-agent", "--version", user="edge-agent", check=True).stdout.strip()
     assert version == f"edge-agent {debian_package.version}"
@@ -218,7 +218,11 @@ KEY = b"k" * 32
 
 def centre_apply(centre: Consumer, config: dict, timeout: float, **args) -> dict:
     """A signed config.apply from the centre through the broker, and its answer."""
-    request = centre.send_command("config.apply", {"yaml": yaml.safe_dump(config, sort_keys=False), **args}, key=KEY)
+    try:
+        request = centre.send_command("config.apply", {"yaml": yaml.safe_dump(config, sort_keys=False), **args}, key=KEY)
+    except RuntimeError as exc:
+        raise AssertionError(f"{exc}: connected={centre.connected} connects={centre.connects} "
+                             f"last_disconnect={centre.last_disconnect}") from exc
     centre.wait_for(lambda c: c.last("cmd_result", request["id"]), timeout, what="config.apply's answer")
     return centre.last("cmd_result", request["id"]).body
 
@@ -252,10 +256,9 @@ def test_config_apply_from_the_centre_replaces_the_config_under_the_unit_and_rol
                 assert yaml.safe_load(machine.path(CONFIG).read_text()) == second
                 assert machine.path(f"{CONFIG}.previous").read_text() == technicians
                 assert not machine.path(f"{CONFIG}.new").exists()
-                modes = machine.run("stat", "-c", "%n %U %G %a", CONFIG, f"{CONFIG}.previous", COMMAND_KEY,
-                                    check=True).stdout.splitlines()
-                assert modes == [f"{CONFIG} edge-agent edge-agent 640", f"{CONFIG}.previous edge-agent edge-agent 640",
-                                 f"{COMMAND_KEY} root edge-agent 640"]
+                assert installed.modes(machine, CONFIG, f"{CONFIG}.previous", COMMAND_KEY) == [
+                    f"{CONFIG} edge-agent edge-agent 640", f"{CONFIG}.previous edge-agent edge-agent 640",
+                    f"{COMMAND_KEY} root edge-agent 640"]
                 checked = machine.run("edge-agent", "check-config", CONFIG, user="edge-agent")
                 assert checked.returncode == 0, checked.stderr
 
@@ -277,7 +280,7 @@ def test_config_apply_from_the_centre_replaces_the_config_under_the_unit_and_rol
         assert refused.returncode != 0 and machine.path(COMMAND_KEY).read_bytes() == KEY, attempt
     # the technician's sudoedit writes into the file: owner and mode stay as the service needs them
     machine.path(CONFIG).write_text(technicians)
-    assert machine.run("stat", "-c", "%U %G %a", CONFIG, check=True).stdout.split() == ["edge-agent", "edge-agent", "640"]
+    assert installed.modes(machine, CONFIG) == [f"{CONFIG} edge-agent edge-agent 640"]
 
 
 # -- dpkg -r, dpkg -P ----------------------------------------------------------------------------------
