@@ -277,6 +277,14 @@ def test_config_apply_from_the_centre_replaces_the_config_under_the_unit_and_rol
     # the technician's sudoedit writes into the file: owner and mode stay as the service needs them
     machine.path(CONFIG).write_text(technicians)
     assert installed.modes(machine, CONFIG) == [f"{CONFIG} edge-agent edge-agent 640"]
+    # `mv` leaves root's file, which config.apply may not replace; dpkg-reconfigure gives it back
+    machine.write("/root/config.yaml", technicians, mode=0o600)
+    machine.run("mv", "/root/config.yaml", CONFIG, check=True)
+    reconfigured = machine.run("dpkg-reconfigure", "edge-agent")
+    assert reconfigured.returncode == 0, reconfigured.stderr
+    assert installed.modes(machine, "/etc/edge-agent", CONFIG) == [
+        "/etc/edge-agent root edge-agent 1770", f"{CONFIG} edge-agent edge-agent 640"]
+    assert machine.systemctl("stop", UNIT).returncode == 0   # postinst started it again
 
 
 # -- dpkg -r, dpkg -P ----------------------------------------------------------------------------------
