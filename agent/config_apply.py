@@ -76,7 +76,10 @@ def prepare(config: AgentConfig, config_path: Path | None, request_id: str, args
 
     path = config_path
     candidate = path.with_name(path.name + ".new")
-    candidate.write_text(text)
+    try:
+        _write_durably(candidate, text)
+    except OSError as exc:
+        raise Refused("unsupported", _cannot_write(path, exc)) from None
     try:
         new = load_config(candidate)
     except ConfigError as exc:
@@ -87,8 +90,13 @@ def prepare(config: AgentConfig, config_path: Path | None, request_id: str, args
         candidate.unlink(missing_ok=True)
         raise Refused("locked_keys", f"config.apply may not change {', '.join(locked)}: change them on site")
 
-    shutil.copy2(path, path.with_name(path.name + ".previous"))
-    os.replace(candidate, path)
+    try:
+        shutil.copy2(path, path.with_name(path.name + ".previous"))
+        os.replace(candidate, path)   # atomic: a power cut leaves the old config or the new one
+    except OSError as exc:
+        candidate.unlink(missing_ok=True)
+        raise Refused("unsupported", _cannot_write(path, exc)) from None
+    _sync_directory(path.parent)
     _write_marker(state_dir, {"id": request_id, "state": "applying",
                               "deadline_ms": int((time.time() + deadline_s) * 1000)})
     log.warning("config.apply %s: new config installed at %s; restarting on it", request_id, path)
@@ -143,6 +151,31 @@ async def _connected_within(connected: Callable[[], bool], seconds: float) -> bo
             return True
         await asyncio.sleep(0.2)
     return connected()
+
+
+def _cannot_write(path: Path, exc: OSError) -> str:
+    # the packaged unit lets the agent write its config's directory (packaging/README.md says how);
+    # a unit or a directory changed on site may not
+    return (f"the agent cannot write its config {path} ({exc.strerror}): the service must be able to write "
+            f"{path.parent} and own the config (the package's unit and modes let it; a file moved there by root "
+            f"is root's: sudo chown edge-agent:edge-agent {path}); apply it on site")
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """On disk before it is moved into place: a gateway loses power, and an empty config
+    (renamed before its data was written) would keep it from starting at all."""
+    with open(path, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_marker(state_dir: Path, marker: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.core.model import Priority
 from agent.outbox import Outbox
@@ -25,7 +26,9 @@ from tests.gateway_sim.machine import REPO, unavailable
 from tests.gateway_sim.unit import Unit
 from tests.hardware_sim.camera_sim import CameraSim, junction_camera
 from tests.hardware_sim.consumer import Consumer
+from tests.hardware_sim.modbus_sim import ModbusSim
 from tests.hardware_sim.signal_controller import FAST_PLAN, SignalControllerSim
+from tests.test_end_to_end import air_devices
 from tests.test_signal_controller import ntcip_entry
 
 pytestmark = [pytest.mark.skipif(unavailable() is not None, reason=str(unavailable())), pytest.mark.timeout(300)]
@@ -84,9 +87,10 @@ def test_install_creates_the_user_the_directories_and_enables_the_unit(gateway, 
     assert int(user[2]) < 1000 and user[5] == STATE_DIR and user[6] == "/usr/sbin/nologin", user
     with pytest.raises(KeyError):
         pwd.getpwnam("edge-agent")   # on the scratch machine only
-    modes = machine.run("stat", "-c", "%n %U %G %a", "/etc/edge-agent", CONFIG, STATE_DIR, check=True).stdout
-    assert modes.splitlines() == ["/etc/edge-agent root edge-agent 750", f"{CONFIG} root edge-agent 640",
-                                  f"{STATE_DIR} edge-agent edge-agent 750"]
+    # sticky, group-writable: config.apply replaces the config, the secrets beside it stay root's
+    assert installed.modes(machine, "/etc/edge-agent", CONFIG, STATE_DIR) == [
+        "/etc/edge-agent root edge-agent 1770", f"{CONFIG} edge-agent edge-agent 640",
+        f"{STATE_DIR} edge-agent edge-agent 750"]
     assert machine.run("sh", "-c", "command -v edge-agent").stdout.strip() == "/usr/bin/edge-agent"
     version = machine.run("edge-agent", "--version", user="edge-agent", check=True).stdout.strip()
     assert version == f"edge-agent {debian_package.version}"
@@ -128,7 +132,7 @@ def test_the_service_runs_the_camera_and_ntcip_paths_under_the_units_limits(gate
     camera = junction_camera(url=stream.url, signal_device="tsc-01", evidence={"clip_before": "2s", "clip_after": "1s"})
     write_config(machine, gateway=GW, broker_port=broker.port, devices=[signal], cameras=[camera])
     unit = Unit.read(machine.path(f"/lib/systemd/system/{UNIT}"))
-    with Consumer(port=broker.port, gateway=GW).start() as centre:
+    with Consumer(port=broker.port, gateway=GW) as centre:
         started = machine.systemctl("start", UNIT)
         assert started.returncode == 0, started.stderr + machine.journal()
         pid = installed.main_pid(machine)
@@ -204,6 +208,83 @@ def test_an_invalid_config_fails_the_start_with_check_configs_message(gateway, b
     assert started.returncode == 1
     assert f"config {CONFIG} has" in machine.systemctl("status", UNIT).stdout and "gateway.id" in machine.journal()
     secret.unlink()
+
+
+# -- config.apply on the packaged service ------------------------------------------------------------
+
+COMMAND_KEY = "/etc/edge-agent/command.key"
+KEY = b"k" * 32
+
+
+def centre_apply(centre: Consumer, config: dict, timeout: float, **args) -> dict:
+    """A signed config.apply from the centre through the broker, and its answer."""
+    request = centre.send_command("config.apply", {"yaml": yaml.safe_dump(config, sort_keys=False), **args}, key=KEY)
+    centre.wait_for(lambda c: c.last("cmd_result", request["id"]), timeout, what="config.apply's answer")
+    return centre.last("cmd_result", request["id"]).body
+
+
+def test_config_apply_from_the_centre_replaces_the_config_under_the_unit_and_rolls_back(gateway, broker):
+    """ProtectSystem=strict, the service user, /etc/edge-agent as postinst leaves it: the centre's
+    config is written beside the old one, moved into place, the agent restarted on it; a config
+    that does not come up is put back. The secrets beside the config stay out of the service's reach."""
+    machine, _ = gateway
+    machine.path(COMMAND_KEY).write_bytes(KEY)   # as a technician installs it: root:edge-agent 640
+    machine.run("chown", "root:edge-agent", COMMAND_KEY, check=True)
+    machine.run("chmod", "640", COMMAND_KEY, check=True)
+    with ModbusSim("air_monitor_rs485", units=[1, 2], tcp=("127.0.0.1", 0)).run_in_thread() as sim:
+        first = write_config(machine, gateway=GW, broker_port=broker.port, devices=air_devices(sim.tcp_address[1], [1]))
+        first["commands"] = {"key": {"file": COMMAND_KEY}, "allow": ["config.apply"]}
+        machine.path(CONFIG).write_text(yaml.safe_dump(first, sort_keys=False))   # sudoedit: in place
+        technicians = machine.path(CONFIG).read_text()
+        with Consumer(port=broker.port, gateway=GW, site="lab") as centre:
+            started = machine.systemctl("restart", UNIT)
+            assert started.returncode == 0, started.stderr + machine.journal()
+            pid = installed.main_pid(machine)
+            try:
+                installed.wait_for_status(machine, lambda s: s["uplink"]["state"] == "connected")
+                second = yaml.safe_load(technicians)
+                second["devices"] = air_devices(sim.tcp_address[1], [1, 2], poll="300ms")
+                answer = centre_apply(centre, second, 30)
+                assert answer["ok"] is True and answer["result"] == {"applied": True}, f"{answer}\n{machine.journal()}"
+                assert [d["id"] for d in centre.last("birth").body["devices"]] == ["aq-01", "aq-02"]
+                centre.wait_for(lambda c: c.readings("aq-02", "pm25"), 15, what="readings of the new device")
+                assert installed.main_pid(machine) == pid   # restarted in the process: no systemd restart
+                assert yaml.safe_load(machine.path(CONFIG).read_text()) == second
+                assert machine.path(f"{CONFIG}.previous").read_text() == technicians
+                assert not machine.path(f"{CONFIG}.new").exists()
+                assert installed.modes(machine, CONFIG, f"{CONFIG}.previous", COMMAND_KEY) == [
+                    f"{CONFIG} edge-agent edge-agent 640", f"{CONFIG}.previous edge-agent edge-agent 640",
+                    f"{COMMAND_KEY} root edge-agent 640"]
+                checked = machine.run("edge-agent", "check-config", CONFIG, user="edge-agent")
+                assert checked.returncode == 0, checked.stderr
+
+                # a config that cannot reach the centre: put back by the agent itself
+                third = dict(second, uplink={"mqtt": {"host": "127.0.0.1", "port": 1}})
+                answer = centre_apply(centre, third, 60, deadline_s=5)
+                assert answer["ok"] is False and answer["error"]["code"] == "rolled_back", answer
+                assert yaml.safe_load(machine.path(CONFIG).read_text()) == second
+            finally:
+                stopped = machine.systemctl("stop", UNIT)
+            assert stopped.returncode == 0
+            assert centre.invalid == []
+    # the sticky directory: the service writes its config, not the root-owned secrets beside it
+    machine.write("/var/lib/edge-agent/forged.key", "forged")
+    machine.run("chown", "edge-agent:edge-agent", "/var/lib/edge-agent/forged.key", check=True)
+    for attempt in (["mv", "/var/lib/edge-agent/forged.key", COMMAND_KEY], ["rm", "-f", COMMAND_KEY],
+                    ["sh", "-c", f"echo forged > {COMMAND_KEY}"]):
+        refused = machine.run(*attempt, user="edge-agent")
+        assert refused.returncode != 0 and machine.path(COMMAND_KEY).read_bytes() == KEY, attempt
+    # the technician's sudoedit writes into the file: owner and mode stay as the service needs them
+    machine.path(CONFIG).write_text(technicians)
+    assert installed.modes(machine, CONFIG) == [f"{CONFIG} edge-agent edge-agent 640"]
+    # `mv` leaves root's file, which config.apply may not replace; dpkg-reconfigure gives it back
+    machine.write("/root/config.yaml", technicians, mode=0o600)
+    machine.run("mv", "/root/config.yaml", CONFIG, check=True)
+    reconfigured = machine.run("dpkg-reconfigure", "edge-agent")
+    assert reconfigured.returncode == 0, reconfigured.stderr
+    assert installed.modes(machine, "/etc/edge-agent", CONFIG) == [
+        "/etc/edge-agent root edge-agent 1770", f"{CONFIG} edge-agent edge-agent 640"]
+    assert machine.systemctl("stop", UNIT).returncode == 0   # postinst started it again
 
 
 # -- dpkg -r, dpkg -P ----------------------------------------------------------------------------------

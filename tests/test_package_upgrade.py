@@ -15,7 +15,7 @@ import pytest
 
 from tests.agent_proc import check_loop_budget
 from tests.gateway_sim import installed
-from tests.gateway_sim.installed import OUTBOX, UNIT, gateway_machine, write_config
+from tests.gateway_sim.installed import CONFIG, OUTBOX, UNIT, gateway_machine, write_config
 from tests.gateway_sim.machine import ScratchMachine, unavailable
 from tests.hardware_sim.broker import MosquittoBroker, free_port
 from tests.hardware_sim.consumer import Consumer
@@ -69,6 +69,10 @@ def test_an_upgrade_keeps_the_backlog_migrates_the_outbox_and_delivers_everythin
     try:
         with ModbusSim("air_monitor_rs485", units=[1], tcp=("127.0.0.1", 0)).run_in_thread() as sim:
             machine.dpkg("-i", str(old.path))
+            # a gateway first installed before config.apply could write its config
+            installed.as_installed_before_config_apply(machine)
+            assert installed.modes(machine, "/etc/edge-agent", CONFIG) == [
+                "/etc/edge-agent root edge-agent 750", f"{CONFIG} root edge-agent 640"]
             # the centre's session outlives the outage: the broker queues for it what arrives later
             broker.start()
             centre = Consumer(port=broker.port, gateway=GW, client_id="centre-upgrade", session_expiry=3600).start()
@@ -98,6 +102,11 @@ def test_an_upgrade_keeps_the_backlog_migrates_the_outbox_and_delivers_everythin
             machine.dpkg("-i", str(new.path))
             assert machine.package_status("edge-agent") == f"install ok installed {new.version}"
             assert calls_since(machine, mark) == [("prerm", ["stop", UNIT]), ("postinst", ["restart", UNIT])]
+            # its overrides moved to the new modes: config.apply can replace the config now
+            assert installed.modes(machine, "/etc/edge-agent", CONFIG) == [
+                "/etc/edge-agent root edge-agent 1770", f"{CONFIG} edge-agent edge-agent 640"]
+            assert machine.run("dpkg-statoverride", "--list", CONFIG, check=True).stdout.split()[:3] == \
+                ["edge-agent", "edge-agent", "640"]
             journal = machine.journal()[journal_mark:]
             assert journal.index('"msg":"stopped"') < journal.index(f"edge-agent {new.version} starting")
             assert "migrating from schema 1 to 2" in journal

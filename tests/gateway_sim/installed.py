@@ -30,6 +30,22 @@ def gateway_machine(directory: Path, *, opt_size: str | None = None) -> ScratchM
     return machine
 
 
+# What postinst gave /etc/edge-agent before config.apply could write there (root's directory and
+# config): the dpkg-statoverride entries an existing gateway carries into its next upgrade.
+OVERRIDES_BEFORE_CONFIG_APPLY = {"/etc/edge-agent": ("root", "edge-agent", "0750"), CONFIG: ("root", "edge-agent", "0640")}
+
+
+def as_installed_before_config_apply(machine: ScratchMachine) -> None:
+    for path, (owner, group, mode) in OVERRIDES_BEFORE_CONFIG_APPLY.items():
+        machine.run("dpkg-statoverride", "--remove", path, check=True)
+        machine.run("dpkg-statoverride", "--update", "--add", owner, group, mode, path, check=True)
+
+
+def modes(machine: ScratchMachine, *paths: str) -> list[str]:
+    """``PATH OWNER GROUP MODE`` of each, as `stat` shows them on the machine."""
+    return machine.run("stat", "-c", "%n %U %G %a", *paths, check=True).stdout.splitlines()
+
+
 def write_config(machine: ScratchMachine, *, gateway: str, broker_port: int, devices: list[dict[str, Any]] = (),
                  cameras: list[dict[str, Any]] = (), **agent: Any) -> dict[str, Any]:
     """Replace the conftest config as a technician would (sudoedit keeps its owner and mode)."""

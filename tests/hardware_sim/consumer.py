@@ -126,6 +126,7 @@ class Consumer:
         self.last_disconnect: str | None = None
         self.refused: str | None = None   # why the broker refused the last CONNECT or SUBSCRIBE
 
+        self._started = False
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                    client_id=client_id or f"consumer-{uuid.uuid4().hex[:8]}",
                                    protocol=mqtt.MQTTv5)
@@ -149,6 +150,7 @@ class Consumer:
         if self.session_expiry:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self.session_expiry
+        self._started = True
         self._client.connect_async(self.host, self.port, keepalive=30,
                                    clean_start=not self.session_expiry, properties=properties)
         self._client.loop_start()
@@ -164,11 +166,14 @@ class Consumer:
         return self
 
     def stop(self) -> None:
+        self._started = False
         self._client.disconnect()
         self._client.loop_stop()
 
     def __enter__(self) -> "Consumer":
-        return self.start()
+        # `with Consumer(...).start() as c` must not start it twice: a second connect_async and
+        # loop_start drop the first connection (and a publish made just then fails)
+        return self if self._started else self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
