@@ -34,6 +34,7 @@ import yaml
 from agent.config import AgentConfig, load_config
 from agent.core.commands import Refused
 from agent.core.config import ConfigError
+from agent.core.state import replace_durably, sync_directory, write_synced
 
 log = logging.getLogger("agent.config_apply")
 
@@ -77,7 +78,7 @@ def prepare(config: AgentConfig, config_path: Path | None, request_id: str, args
     path = config_path
     candidate = path.with_name(path.name + ".new")
     try:
-        _write_durably(candidate, text)
+        write_synced(candidate, text.encode())
     except OSError as exc:
         raise Refused("unsupported", _cannot_write(path, exc)) from None
     try:
@@ -96,7 +97,7 @@ def prepare(config: AgentConfig, config_path: Path | None, request_id: str, args
     except OSError as exc:
         candidate.unlink(missing_ok=True)
         raise Refused("unsupported", _cannot_write(path, exc)) from None
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     _write_marker(state_dir, {"id": request_id, "state": "applying",
                               "deadline_ms": int((time.time() + deadline_s) * 1000)})
     log.warning("config.apply %s: new config installed at %s; restarting on it", request_id, path)
@@ -161,27 +162,9 @@ def _cannot_write(path: Path, exc: OSError) -> str:
             f"is root's: sudo chown edge-agent:edge-agent {path}); apply it on site")
 
 
-def _write_durably(path: Path, text: str) -> None:
-    """On disk before it is moved into place: a gateway loses power, and an empty config
-    (renamed before its data was written) would keep it from starting at all."""
-    with open(path, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_marker(state_dir: Path, marker: dict[str, Any]) -> None:
-    tmp = state_dir / (MARKER + ".tmp")
-    tmp.write_bytes(orjson.dumps(marker))
-    os.replace(tmp, state_dir / MARKER)
+    # durable: after a power cut mid-apply the next start must still find it and finish or roll back
+    replace_durably(state_dir / MARKER, orjson.dumps(marker))
 
 
 def _read_marker(state_dir: Path) -> dict[str, Any] | None:

@@ -35,6 +35,42 @@ _SUFFIX = ".json"
 FAMILIES_DIR = "families"   # under the agent's state directory, one directory per family
 
 
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``path`` and return once its bytes are on disk (not yet its name: see
+    :func:`sync_directory`). A file renamed into place before its data is synced can come back
+    empty after a power cut."""
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def sync_directory(directory: Path) -> None:
+    """A rename or unlink in ``directory`` survives a power cut only once the directory is synced."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(target: Path, data: bytes) -> None:
+    """Replace ``target`` with ``data`` atomically and durably: a temporary file beside it (named
+    ``.<name>.*.tmp``), synced, renamed over it, the directory synced. After a crash ``target``
+    holds its old bytes or the new ones, never a mix. Raises OSError when the disk refuses."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write_synced(Path(tmp), data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    sync_directory(target.parent)
+
+
 class StateUnreadable(ValueError):
     """A key's file exists but does not hold a JSON object (it is left as it is)."""
 
@@ -61,20 +97,8 @@ class StateStore:
         """Replace ``key``'s document atomically and durably. Raises OSError when the disk refuses
         (the old document, if any, is then unchanged)."""
         target = self.path(key)
-        data = orjson.dumps(dict(document), option=orjson.OPT_INDENT_2)
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._sync_directory()
+        replace_durably(target, orjson.dumps(dict(document), option=orjson.OPT_INDENT_2))
 
     def get(self, key: str) -> dict[str, Any] | None:
         """``key``'s document, None when there is none. Raises StateUnreadable when its file
@@ -97,7 +121,7 @@ class StateStore:
             self.path(key).unlink()
         except FileNotFoundError:
             return
-        self._sync_directory()
+        sync_directory(self.directory)
 
     def keys(self) -> list[str]:
         """The keys that have a document, sorted (temporary files of a write cut short are not keys)."""
@@ -107,15 +131,6 @@ class StateStore:
             return []
         return sorted(n[:-len(_SUFFIX)] for n in names
                       if n.endswith(_SUFFIX) and not n.startswith(".") and _KEY.match(n[:-len(_SUFFIX)]))
-
-    def _sync_directory(self) -> None:
-        """The rename or unlink itself survives a power cut only once the directory is synced."""
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
 
 def kept_state(state_dir: Path) -> dict[str, list[str]]:
     """Family name -> its keys, for every family with state under ``state_dir`` (the agent logs
