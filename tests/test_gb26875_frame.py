@@ -271,7 +271,7 @@ def test_deframer_on_random_streams_never_raises_and_stays_bounded(data, cuts):
         position += cut
         for item in deframer.feed(chunk):
             assert isinstance(item, (Frame, BadFrame))
-        assert deframer.buffered <= frame.MAX_FRAME + 1
+        assert deframer.pending <= frame.MAX_FRAME + 1
 
 
 no_double_at = st.binary(max_size=80).filter(lambda b: b"@@" not in b and not b.endswith(b"@"))
@@ -309,7 +309,7 @@ def test_a_bogus_start_with_a_huge_length_does_not_hold_back_the_next_frame():
     deframer = Deframer()
     out = deframer.feed(bogus + FIRE_FRAME)
     assert [x for x in out if isinstance(x, Frame)] == [frame.parse(FIRE_FRAME)]
-    assert deframer.bad == 1 and deframer.buffered == 0
+    assert deframer.bad == 1 and deframer.pending == 0
 
 
 def test_oversize_length_and_bad_checksum_are_rejected_then_the_next_frame_read():

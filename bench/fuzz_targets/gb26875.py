@@ -137,8 +137,8 @@ class DeframerTarget(Target):
             items = deframer.feed(chunk)
             self.handler_cpu = max(self.handler_cpu, time.thread_time() - started)
             self.items += [item for item in items if isinstance(item, self.frame.Frame)]
-            if deframer.buffered > self.frame.MAX_FRAME + len(chunk):
-                self.problem("deframer buffer unbounded", f"{deframer.buffered} bytes after a {len(chunk)}-byte chunk")
+            if deframer.pending > self.frame.MAX_FRAME + len(chunk):
+                self.problem("deframer buffer unbounded", f"{deframer.pending} bytes after a {len(chunk)}-byte chunk")
 
     def check(self, case: tuple[bytes, ...]) -> None:
         items, self.items = getattr(self, "items", []), []

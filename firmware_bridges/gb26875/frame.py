@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import IntEnum
 
+from agent.core.transport.contract import BufferedFramer
+
 START = b"@@"
 END = b"##"
 HEADER_LEN = 27            # start marker + control unit (clause 6.6)
@@ -207,7 +209,7 @@ class BadFrame:
     frame: Frame | None = None
 
 
-class Deframer:
+class Deframer(BufferedFramer):
     """Frames out of a byte stream, resynchronising on the next '@@' after anything invalid.
 
     On a failed candidate it advances ONE byte, not past the marker: in '@@@<frame>' the first
@@ -218,25 +220,9 @@ class Deframer:
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self.frames = 0
+        super().__init__()
         self.garbage_bytes = 0
         self.bad = 0
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    @property
-    def pending(self) -> int:
-        """Bytes held of a frame not complete yet."""
-        return len(self._buf)
-
-    def reset(self) -> int:
-        """Drop what is buffered (after a failure inside feed); returns how many bytes."""
-        dropped = len(self._buf)
-        self._buf.clear()
-        return dropped
 
     def feed(self, data: bytes) -> list[Frame | BadFrame]:
         buf = self._buf

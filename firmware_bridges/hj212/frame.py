@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.core.transport.contract import BufferedFramer
 from firmware_bridges.hj212.crc import crc16, crc16_hex
 
 HEADER = b"##"
@@ -311,7 +312,7 @@ def lenient_header(segment: bytes) -> dict[str, str]:
 
 # -- a byte stream ------------------------------------------------------------------------------
 
-class StreamFramer:
+class StreamFramer(BufferedFramer):
     """Cuts a byte stream (a TCP connection, a serial line) into frames and errors.
 
     ``feed(data)`` returns what completed: :class:`Frame`\\ s and :class:`FrameError`\\ s, in
@@ -322,24 +323,12 @@ class StreamFramer:
     MAX_FRAME_BYTES is dropped as oversize.
     """
 
-    __slots__ = ("_buf", "garbage_bytes", "frames", "errors")
+    __slots__ = ("garbage_bytes", "errors")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        super().__init__()
         self.garbage_bytes = 0
-        self.frames = 0
         self.errors = 0
-
-    @property
-    def pending(self) -> int:
-        """Bytes held: the start of a frame not yet complete."""
-        return len(self._buf)
-
-    def reset(self) -> int:
-        """Drop a partial frame (the peer stalled); returns how many bytes were dropped."""
-        dropped = len(self._buf)
-        self._buf.clear()
-        return dropped
 
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         buf = self._buf

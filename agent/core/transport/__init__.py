@@ -40,7 +40,7 @@ Timers (timeouts, backoff waits) run on an injected :class:`~agent.core.clock.Cl
 can move them with a ``VirtualClock``; sockets and ports stay real.
 """
 
-from agent.core.transport.contract import Bridge, Framer, Link, Session
+from agent.core.transport.contract import Bridge, BufferedFramer, Framer, Link, Session
 from agent.core.transport.limits import Limits, TransportStats
 from agent.core.transport.replies import Replies
 from agent.core.transport.serial_line import SerialLine
@@ -49,5 +49,5 @@ from agent.core.transport.tcp_dial import TcpDialer
 from agent.core.transport.tcp_listen import TcpServer
 from agent.core.transport.udp import UdpPort
 
-__all__ = ["Bridge", "Framer", "Limits", "Link", "Replies", "SerialLine", "SerialTransport", "Session",
+__all__ = ["Bridge", "BufferedFramer", "Framer", "Limits", "Link", "Replies", "SerialLine", "SerialTransport", "Session",
            "TcpDialer", "TcpServer", "TransportStats", "UdpPort"]

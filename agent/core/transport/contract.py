@@ -41,6 +41,28 @@ class Framer(Protocol):
         ...
 
 
+class BufferedFramer:
+    """What every family's framer holds: ``frames`` and one bounded buffer ``_buf``, which
+    ``pending`` reports and ``reset`` drops. A framer subclasses it and writes ``feed``."""
+
+    __slots__ = ("_buf", "frames")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.frames = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not complete yet (0 between frames)."""
+        return len(self._buf)
+
+    def reset(self) -> int:
+        """Drop what is held (a stalled frame, or after the framer raised); returns how many bytes."""
+        held = len(self._buf)
+        self._buf.clear()
+        return held
+
+
 class Link(Protocol):
     """One peer as a session sees it: a TCP connection, a serial port or a UDP sender."""
 

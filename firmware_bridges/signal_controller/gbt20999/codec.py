@@ -49,6 +49,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from agent.core.transport.contract import BufferedFramer
+
 START, END, ESCAPE = 0x7E, 0x7D, 0x5C
 HEADER_LEN = 14            # start .. count
 TRAILER_LEN = 3            # CRC, end
@@ -312,29 +314,12 @@ class BadFrame:
     why: str
 
 
-class _Framer:
-    """What both framers share: a count of valid frames and one bounded buffer."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-        self._buffer = bytearray()
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
-
-    def reset(self) -> int:
-        held = len(self._buffer)
-        self._buffer.clear()
-        return held
-
-
-class DatagramFramer(_Framer):
+class DatagramFramer(BufferedFramer):
     """Unescaped frames in datagrams (UDP), cut by their length field. Bytes before a start byte
     are garbage; a datagram that ends inside a frame leaves it pending for the transport to drop."""
 
     def feed(self, data: bytes) -> list[Frame | BadFrame]:
-        buffer = self._buffer
+        buffer = self._buf
         buffer += data
         items: list[Frame | BadFrame] = []
         while buffer:
@@ -366,7 +351,7 @@ class DatagramFramer(_Framer):
         return items
 
 
-class StreamFramer(_Framer):
+class StreamFramer(BufferedFramer):
     """Escaped frames in a byte stream (TCP, RS-232): from 0x7E to the next unescaped 0x7D. A 0x7E
     inside a frame starts a new one (the old one was cut); the buffer holds at most one escaped
     maximal frame."""
@@ -381,7 +366,7 @@ class StreamFramer(_Framer):
 
     def feed(self, data: bytes) -> list[Frame | BadFrame]:
         items: list[Frame | BadFrame] = []
-        buffer = self._buffer
+        buffer = self._buf
         junk = 0
         for byte in data:
             if not buffer:
