@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.nms import iou_matrix
+
 ROOT = Path(__file__).resolve().parent.parent
 ANNOTATIONS = ROOT / "tests" / "data" / "vtest_annotations.json"
 MANIFEST = ROOT / "models" / "nanodet" / "manifest.yaml"
@@ -76,12 +78,8 @@ def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
 
 
 def iou(a, b) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    """IoU of two (x1, y1, x2, y2) boxes, by the runtime's own NMS arithmetic."""
+    return float(iou_matrix([a], [b])[0, 0])
 
 
 def inside(det, box) -> float:
